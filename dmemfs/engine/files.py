@@ -1,0 +1,241 @@
+"""The interface files of a cgroup directory: one declarative row each (``struct cftype``).
+
+Each row names the file, its mode, where it exists, and how it is shown and written.
+:func:`read_file` and :func:`write_file` apply the kernfs rules every file shares (E2BIG over
+one page, empty write is a no-op, ENODEV once the cgroup is removed).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from dmemfs.engine import parse
+from dmemfs.engine.cgroup import Cgroup, CgroupTree, Creds
+from dmemfs.errors import (
+    InvalidArgument,
+    NoDevice,
+    NotSupported,
+    OutOfRange,
+    TooBig,
+)
+from dmemfs.profile import CONTROLLERS, MAX_WRITE, Profile
+
+
+class WriteContext(Protocol):
+    """Who writes: the process that opened the file (FUSE gives no context to ``write``)."""
+
+    @property
+    def pid(self) -> int:
+        """Thread-group id of the opener (``0`` in cgroup.procs means this process)."""
+        ...
+
+    @property
+    def creds(self) -> Creds: ...
+
+    def resolve_pid(self, pid: int) -> int:
+        """Map a written process or thread id to its thread group, registering where the process
+        lives if the engine does not know it yet; raises NoProcess (ESRCH) if it does not exist."""
+        ...
+
+    def kill(self, pids: list[int]) -> None:
+        """Send SIGKILL to these processes (``cgroup.kill``)."""
+        ...
+
+
+class Where(enum.Enum):
+    ALL = "all"
+    ROOT_ONLY = "root only"
+    NOT_ON_ROOT = "not on root"
+
+
+Show = Callable[[CgroupTree, Cgroup], str]
+Write = Callable[[CgroupTree, Cgroup, str, WriteContext], None]
+
+
+@dataclass(frozen=True, slots=True)
+class CgroupFile:
+    name: str
+    mode: int
+    where: Where
+    show: Show | None = None
+    write: Write | None = None
+    controller: str | None = None
+    #: Whether the emulated kernel version has this file.
+    exists_in: Callable[[Profile], bool] = lambda profile: True
+
+    def exists(self, cgroup: Cgroup, profile: Profile) -> bool:
+        if self.where is Where.ROOT_ONLY and not cgroup.is_root:
+            return False
+        if self.where is Where.NOT_ON_ROOT and cgroup.is_root:
+            return False
+        if self.controller is not None and not cgroup.is_root and cgroup.dmem_css is None:
+            return False
+        return self.exists_in(profile)
+
+
+# -- core files -------------------------------------------------------------------------------
+
+
+def _mask(names: frozenset[str]) -> str:
+    listed = [n for n in CONTROLLERS if n in names]
+    return " ".join(listed) + "\n" if listed else ""
+
+
+def _show_procs(tree: CgroupTree, cg: Cgroup) -> str:
+    return "".join(f"{p}\n" for p in tree.procs_of(cg))
+
+
+def _show_threads(tree: CgroupTree, cg: Cgroup) -> str:
+    return "".join(f"{t}\n" for p in tree.procs_of(cg) for t in tree.host.threads(p))
+
+
+def _write_procs(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    pid = parse.parse_pid(text)
+    pid = ctx.pid if pid == 0 else ctx.resolve_pid(pid)
+    tree.check_migrate_permission(pid, cg, ctx.creds)
+    tree.migrate(pid, cg)
+
+
+def _write_threads(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    tid = parse.parse_pid(text)
+    pid = ctx.pid if tid == 0 else ctx.resolve_pid(tid)
+    tree.check_migrate_permission(pid, cg, ctx.creds)
+    if tree.cgroup_of(pid) is not cg:
+        # Every cgroup here is a domain: a single thread cannot leave its process's domain.
+        raise NotSupported("threads cannot move across domain cgroups")
+
+
+def _write_subtree_control(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    tree.write_subtree_control(cg, text, ctx.creds)
+
+
+def _write_type(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    if parse.strstrip(text) != "threaded":
+        raise InvalidArgument("only 'threaded' can be written to cgroup.type")
+    raise NotSupported("threaded cgroups are not emulated by dmemfs")
+
+
+def _show_events(tree: CgroupTree, cg: Cgroup) -> str:
+    return f"populated {int(cg.populated)}\nfrozen {int(tree.is_frozen(cg))}\n"
+
+
+def _show_stat(tree: CgroupTree, cg: Cgroup) -> str:
+    css = cg.dmem_css
+    return (
+        f"nr_descendants {cg.nr_descendants}\n"
+        f"nr_subsys_dmem {css.nr_descendants + 1 if css is not None else 0}\n"
+        f"nr_dying_descendants {cg.nr_dying_descendants}\n"
+        f"nr_dying_subsys_dmem {cg.nr_dying_subsys}\n"
+    )
+
+
+def _write_freeze(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    tree.set_freeze(cg, parse.parse_bool01(text))
+
+
+def _write_kill(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    value = parse.kstrtoint(parse.strstrip(text), 0)
+    if value != 1:
+        raise OutOfRange("only 1 can be written to cgroup.kill")
+    ctx.kill(tree.subtree_pids(cg))
+
+
+# -- dmem files -----------------------------------------------------------------------------
+
+
+def _dmem_show(attr: str) -> Show:
+    def show(tree: CgroupTree, cg: Cgroup) -> str:
+        css = cg.dmem_css
+        assert css is not None
+        return tree.dmem.show(css, attr)
+
+    return show
+
+
+def _dmem_write(attr: str) -> Write:
+    def write(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+        css = cg.dmem_css
+        assert css is not None
+        tree.dmem.write_limit(css, attr, text)
+
+    return write
+
+
+def _has_peak(profile: Profile) -> bool:
+    return profile.has_peak
+
+
+FILES: tuple[CgroupFile, ...] = (
+    CgroupFile("cgroup.controllers", 0o444, Where.ALL, lambda t, c: _mask(c.controllers())),
+    CgroupFile("cgroup.events", 0o444, Where.NOT_ON_ROOT, _show_events),
+    CgroupFile("cgroup.freeze", 0o644, Where.NOT_ON_ROOT, lambda t, c: f"{c.freeze}\n",
+               _write_freeze),
+    CgroupFile("cgroup.kill", 0o200, Where.NOT_ON_ROOT, None, _write_kill),
+    CgroupFile("cgroup.max.depth", 0o644, Where.ALL,
+               lambda t, c: parse.format_max_int(c.max_depth),
+               lambda t, c, s, x: t.set_max_depth(c, parse.parse_max_int(s))),
+    CgroupFile("cgroup.max.descendants", 0o644, Where.ALL,
+               lambda t, c: parse.format_max_int(c.max_descendants),
+               lambda t, c, s, x: t.set_max_descendants(c, parse.parse_max_int(s))),
+    CgroupFile("cgroup.procs", 0o644, Where.ALL, _show_procs, _write_procs),
+    CgroupFile("cgroup.stat", 0o444, Where.ALL, _show_stat),
+    CgroupFile("cgroup.subtree_control", 0o644, Where.ALL,
+               lambda t, c: _mask(c.subtree_control), _write_subtree_control),
+    CgroupFile("cgroup.threads", 0o644, Where.ALL, _show_threads, _write_threads),
+    CgroupFile("cgroup.type", 0o644, Where.NOT_ON_ROOT, lambda t, c: "domain\n", _write_type),
+    CgroupFile("dmem.capacity", 0o444, Where.ROOT_ONLY, lambda t, c: t.dmem.show_capacity(),
+               controller="dmem"),
+    CgroupFile("dmem.current", 0o444, Where.ALL, _dmem_show("usage"), controller="dmem"),
+    CgroupFile("dmem.low", 0o644, Where.NOT_ON_ROOT, _dmem_show("low"), _dmem_write("low"),
+               controller="dmem"),
+    CgroupFile("dmem.max", 0o644, Where.NOT_ON_ROOT, _dmem_show("max"), _dmem_write("max"),
+               controller="dmem"),
+    CgroupFile("dmem.min", 0o644, Where.NOT_ON_ROOT, _dmem_show("min"), _dmem_write("min"),
+               controller="dmem"),
+    CgroupFile("dmem.peak", 0o444, Where.NOT_ON_ROOT, _dmem_show("watermark"),
+               controller="dmem", exists_in=_has_peak),
+    CgroupFile("dmem.pinned", 0o444, Where.ALL, _dmem_show("pinned"), controller="dmem"),
+)
+
+FILES_BY_NAME: dict[str, CgroupFile] = {f.name: f for f in FILES}
+FILE_NAMES = frozenset(FILES_BY_NAME)
+
+
+def files_of(tree: CgroupTree, cgroup: Cgroup) -> list[CgroupFile]:
+    """The interface files that exist in ``cgroup`` now, in table order."""
+    return [f for f in FILES if f.exists(cgroup, tree.profile)]
+
+
+def lookup_file(tree: CgroupTree, cgroup: Cgroup, name: str) -> CgroupFile | None:
+    row = FILES_BY_NAME.get(name)
+    if row is None or not row.exists(cgroup, tree.profile):
+        return None
+    return row
+
+
+def read_file(tree: CgroupTree, cgroup: Cgroup, row: CgroupFile) -> bytes:
+    """Render the whole content of an interface file (a seq_file snapshot)."""
+    if cgroup.dying or not row.exists(cgroup, tree.profile):
+        raise NoDevice(f"{cgroup.path}/{row.name} is gone")
+    if row.show is None:
+        raise InvalidArgument(f"{row.name} is write-only")
+    return row.show(tree, cgroup).encode("latin-1")
+
+
+def write_file(
+    tree: CgroupTree, cgroup: Cgroup, row: CgroupFile, data: bytes, ctx: WriteContext
+) -> int:
+    """One ``write()`` is one command: returns ``len(data)`` or raises with the kernel's errno."""
+    if len(data) > MAX_WRITE:
+        raise TooBig(f"a single write is limited to {MAX_WRITE} bytes")
+    if not data:
+        return 0
+    if cgroup.dying or not row.exists(cgroup, tree.profile):
+        raise NoDevice(f"{cgroup.path}/{row.name} is gone")
+    if row.write is None:
+        raise InvalidArgument(f"{row.name} is read-only")
+    row.write(tree, cgroup, data.decode("latin-1"), ctx)
+    return len(data)
