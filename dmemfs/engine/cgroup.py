@@ -9,7 +9,7 @@ maps host processes onto them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -206,6 +206,8 @@ class CgroupTree:
         #: Known processes and their cgroup (the root's members only once they are known).
         self.members: dict[int, Cgroup] = {}
         self.host: Host = AbstractHost(self)
+        #: Called after a process moved (pid, destination); the host layer records history.
+        self.on_migrate: Callable[[int, Cgroup], None] = lambda pid, cgroup: None
 
     # -- lookup ------------------------------------------------------------------------------
 
@@ -392,6 +394,7 @@ class CgroupTree:
         if src is not None:
             self._unplace(pid, src)
         self._place(pid, dst)
+        self.on_migrate(pid, dst)
 
     def check_migrate_permission(self, pid: int, dst: Cgroup, creds: Creds) -> None:
         """The opener must be able to write the common ancestor's ``cgroup.procs`` (EACCES)."""

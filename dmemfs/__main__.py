@@ -1,0 +1,5 @@
+import sys
+
+from dmemfs.cli import main
+
+sys.exit(main())

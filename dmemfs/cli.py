@@ -1,0 +1,126 @@
+"""Command line: argument parsing and one-line errors. The work happens elsewhere."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from dmemfs import __version__
+from dmemfs.device.config import (
+    DEFAULT_DEVICE,
+    ConfigError,
+    DeviceConfig,
+    check_unique,
+    load_config,
+    parse_device_spec,
+)
+
+
+class UserError(Exception):
+    """Printed as one line ``dmemfs: <message>`` with exit status 1."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="dmemfs",
+        description="A FUSE filesystem that behaves like the cgroup v2 dmem controller, "
+        "with simulated xe GPUs.",
+    )
+    p.add_argument("--version", action="version", version=f"dmemfs {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    m = sub.add_parser("mount", help="mount a dmemfs tree (returns once it is ready)")
+    m.add_argument("mountpoint")
+    m.add_argument("--device", action="append", default=[], metavar="SPEC",
+                   help="xe,pci=0000:03:00.0,vram0=16G[,vram1=16G][,system=64G]; repeatable")
+    m.add_argument("--config", metavar="FILE", help="TOML file with [[device]] tables")
+    m.add_argument("--profile", choices=["latest", "6.14"], default="latest",
+                   help="emulated kernel (default: latest)")
+    m.add_argument("--pinning", choices=["intended", "posted"], default="intended",
+                   help="pinning RFC behaviour (default: intended)")
+    m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
+    m.add_argument("--allow-other", action="store_true",
+                   help="let other users use the mount (permissions are enforced)")
+    m.add_argument("--debug", action="store_true", help="log every request")
+    m.add_argument("--log", metavar="FILE", help="daemon log file when in the background")
+    m.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+
+    u = sub.add_parser("umount", help="unmount and stop the daemon")
+    u.add_argument("mountpoint")
+
+    e = sub.add_parser("exec", help="run a command inside a cgroup (like cgexec)")
+    e.add_argument("cgroup_dir", metavar="CGROUP_DIR")
+    e.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD …")
+
+    c = sub.add_parser("cgroup-of", help="print a process's cgroup like /proc/PID/cgroup")
+    c.add_argument("mountpoint")
+    c.add_argument("pid", type=int)
+
+    s = sub.add_parser("status", help="show the cgroup tree with usage and limits")
+    s.add_argument("mountpoint")
+
+    a = sub.add_parser("as-cgroup2", help="run CMD where the mount's cgroup/ looks like cgroup2")
+    a.add_argument("mountpoint")
+    a.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD …")
+    return p
+
+
+def _devices(args: argparse.Namespace) -> list[DeviceConfig]:
+    devices: list[DeviceConfig] = []
+    if args.config:
+        devices += load_config(args.config)
+    devices += [parse_device_spec(s) for s in args.device]
+    if not devices:
+        devices = [DEFAULT_DEVICE]
+    check_unique(devices)
+    return devices
+
+
+def _command(args: argparse.Namespace) -> list[str]:
+    cmd = list(args.cmd)
+    if cmd and cmd[0] == "--":
+        cmd = cmd[1:]
+    if not cmd:
+        raise UserError(f"{args.command}: no command given (use: -- CMD …)")
+    return cmd
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except (UserError, ConfigError) as e:
+        print(f"dmemfs: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from dmemfs import commands
+
+    if args.command == "mount":
+        logging.basicConfig(
+            level=logging.DEBUG if args.debug else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        return commands.mount(args, _devices(args))
+    if args.command == "umount":
+        return commands.umount(args.mountpoint)
+    if args.command == "exec":
+        return commands.exec_in(args.cgroup_dir, _command(args))
+    if args.command == "cgroup-of":
+        print(commands.cgroup_of(args.mountpoint, args.pid))
+        return 0
+    if args.command == "status":
+        print(commands.status(args.mountpoint), end="")
+        return 0
+    if args.command == "as-cgroup2":
+        return commands.as_cgroup2(args.mountpoint, _command(args))
+    raise AssertionError(args.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The simulated xe GPU: devices, regions, buffer objects, placement and eviction."""

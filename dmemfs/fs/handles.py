@@ -1,0 +1,128 @@
+"""Open files. Each carries who opened it and, for generated files, a rendered snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dmemfs.engine.cgroup import Creds
+from dmemfs.engine.files import CgroupFile, read_file, write_file
+from dmemfs.errors import InvalidArgument, NoDevice
+from dmemfs.fs.inodes import CgroupFileNode
+from dmemfs.procs import HostProcesses
+from dmemfs.profile import MAX_WRITE
+
+
+@dataclass(frozen=True, slots=True)
+class Opener:
+    """The process that opened a file: "the writer" of every later write (SPEC §5).
+
+    Implements the engine's ``WriteContext``.
+    """
+
+    pid: int
+    creds: Creds
+    host: HostProcesses
+
+    def resolve_pid(self, pid: int) -> int:
+        return self.host.resolve(pid)
+
+    def kill(self, pids: list[int]) -> None:
+        self.host.kill(pids)
+
+
+class Handle:
+    """Base class: a file handle with seq_file-like reads."""
+
+    __slots__ = ("buf", "opener")
+
+    def __init__(self, opener: Opener) -> None:
+        self.opener = opener
+        self.buf: bytes | None = None
+
+    def render(self) -> bytes:
+        raise InvalidArgument("not readable")
+
+    def read(self, off: int, size: int) -> bytes:
+        """Offset 0 renders a fresh snapshot; later offsets slice the last one."""
+        if off == 0 or self.buf is None:
+            self.buf = self.render()
+        return self.buf[off : off + size]
+
+    def write(self, data: bytes) -> int:
+        raise InvalidArgument("not writable")
+
+    def release(self) -> None:
+        pass
+
+
+#: Core files whose content depends on process liveness: dead members are pruned first.
+_PROCESS_FILES = frozenset(
+    {"cgroup.procs", "cgroup.threads", "cgroup.events", "cgroup.kill", "cgroup.subtree_control"}
+)
+
+
+class CgroupFileHandle(Handle):
+    __slots__ = ("node",)
+
+    def __init__(self, opener: Opener, node: CgroupFileNode) -> None:
+        super().__init__(opener)
+        self.node = node
+
+    @property
+    def row(self) -> CgroupFile:
+        return self.node.row
+
+    def _check(self) -> None:
+        if self.node.gone:
+            raise NoDevice(f"{self.node.cgroup.path} was removed")
+        if self.row.name in _PROCESS_FILES:
+            self.opener.host.refresh()
+            self.opener.host.prune(self.node.cgroup)
+
+    def render(self) -> bytes:
+        self._check()
+        return read_file(self.opener.host.tree, self.node.cgroup, self.row)
+
+    def write(self, data: bytes) -> int:
+        if 0 < len(data) <= MAX_WRITE:
+            self._check()
+        return write_file(self.opener.host.tree, self.node.cgroup, self.row, data, self.opener)
+
+
+class TextHandle(Handle):
+    """A read-only generated text file (debug views)."""
+
+    __slots__ = ("_render",)
+
+    def __init__(self, opener: Opener, render: Callable[[], str]) -> None:
+        super().__init__(opener)
+        self._render = render
+
+    def render(self) -> bytes:
+        return self._render().encode()
+
+
+class QueryHandle(Handle):
+    """Write a request, read the reply from the same open file (like the device file).
+
+    The reply is a stream consumed by reads whatever the file offset (a write moves the
+    offset too); a read with no pending reply returns 0 bytes.
+    """
+
+    __slots__ = ("_answer",)
+
+    def __init__(self, opener: Opener, answer: Callable[[Opener, str], str]) -> None:
+        super().__init__(opener)
+        self._answer = answer
+        self.buf = b""
+
+    def read(self, off: int, size: int) -> bytes:
+        pending = self.buf or b""
+        self.buf = pending[size:]
+        return pending[:size]
+
+    def write(self, data: bytes) -> int:
+        self.buf = b""
+        self.buf = self._answer(self.opener, data.decode("latin-1")).encode()
+        return len(data)

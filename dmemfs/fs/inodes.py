@@ -1,0 +1,198 @@
+"""Explicit inodes with exact lookup counts.
+
+Every node the kernel knows has an inode number and a lookup count. Cgroup directories and
+interface files get a node when first looked up (or listed) and lose it when the kernel has
+forgotten it, so a removed cgroup's nodes stay valid for as long as the kernel holds them.
+"""
+
+from __future__ import annotations
+
+import stat
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import pyfuse3
+
+from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree
+from dmemfs.engine.files import CgroupFile
+
+if TYPE_CHECKING:
+    from dmemfs.fs.handles import Handle, Opener
+
+ROOT_INODE = pyfuse3.ROOT_INODE
+
+
+class Node:
+    __slots__ = ("ino", "lookups", "mtime_ns")
+
+    #: Static nodes are never dropped from the table.
+    persistent = False
+
+    def __init__(self) -> None:
+        self.ino = 0
+        self.lookups = 0
+        self.mtime_ns = time.time_ns()
+
+    @property
+    def gone(self) -> bool:
+        """True once the object behind this node was removed (the kernel may still hold it)."""
+        return False
+
+
+class StaticDir(Node):
+    """A directory of the mount's fixed layout (``/``, ``dev/dri``, ``debug`` …)."""
+
+    __slots__ = ("attr", "children", "parent")
+    persistent = True
+
+    def __init__(self, parent: Node | None, attr: Attr | None = None) -> None:
+        super().__init__()
+        self.parent = parent
+        self.attr = attr or Attr(0, 0, 0o755)
+        self.children: dict[str, Node] = {}
+
+
+class CgroupDir(Node):
+    __slots__ = ("cgroup",)
+
+    def __init__(self, cgroup: Cgroup) -> None:
+        super().__init__()
+        self.cgroup = cgroup
+
+    @property
+    def gone(self) -> bool:
+        return self.cgroup.dying
+
+
+class RootCgroupDir(CgroupDir):
+    """``MOUNT/cgroup``: part of the fixed layout, never dropped."""
+
+    __slots__ = ()
+    persistent = True
+
+
+class CgroupFileNode(Node):
+    __slots__ = ("cgroup", "row")
+
+    def __init__(self, cgroup: Cgroup, row: CgroupFile) -> None:
+        super().__init__()
+        self.cgroup = cgroup
+        self.row = row
+
+    @property
+    def gone(self) -> bool:
+        return self.cgroup.dying
+
+
+class SpecialFile(Node):
+    """A file served by a handle factory: device control files and debug views."""
+
+    __slots__ = ("attr", "open_handle")
+    persistent = True
+
+    def __init__(self, attr: Attr, open_handle: Callable[[Opener, int], Handle]) -> None:
+        super().__init__()
+        self.attr = attr
+        self.open_handle = open_handle
+
+
+class InodeTable:
+    def __init__(self, tree: CgroupTree, cgroup_root_parent: StaticDir) -> None:
+        self.tree = tree
+        self._nodes: dict[int, Node] = {}
+        self._cgroup_dirs: dict[Cgroup, CgroupDir] = {}
+        self._cgroup_files: dict[tuple[Cgroup, str], CgroupFileNode] = {}
+        self._next = ROOT_INODE + 1
+        self.cgroup_root_parent = cgroup_root_parent
+
+    def __len__(self) -> int:
+        return len(self._nodes)
+
+    def add(self, node: Node, ino: int | None = None) -> Node:
+        if ino is None:
+            ino = self._next
+            self._next += 1
+        node.ino = ino
+        self._nodes[ino] = node
+        return node
+
+    def get(self, ino: int) -> Node | None:
+        return self._nodes.get(ino)
+
+    def cgroup_dir(self, cgroup: Cgroup) -> CgroupDir:
+        node = self._cgroup_dirs.get(cgroup)
+        if node is None:
+            node = CgroupDir(cgroup) if cgroup.parent is not None else RootCgroupDir(cgroup)
+            self.add(node)
+            self._cgroup_dirs[cgroup] = node
+        return node
+
+    def cgroup_file(self, cgroup: Cgroup, row: CgroupFile) -> CgroupFileNode:
+        key = (cgroup, row.name)
+        node = self._cgroup_files.get(key)
+        if node is None or node.row is not row:
+            node = CgroupFileNode(cgroup, row)
+            self.add(node)
+            self._cgroup_files[key] = node
+        return node
+
+    def peek_cgroup_dir(self, cgroup: Cgroup) -> CgroupDir | None:
+        return self._cgroup_dirs.get(cgroup)
+
+    def peek_cgroup_file(self, cgroup: Cgroup, name: str) -> CgroupFileNode | None:
+        return self._cgroup_files.get((cgroup, name))
+
+    def forget(self, ino: int, n: int) -> None:
+        node = self._nodes.get(ino)
+        if node is None:
+            return
+        node.lookups = max(0, node.lookups - n)
+        if node.lookups == 0 and not node.persistent:
+            self._drop(node)
+
+    def _drop(self, node: Node) -> None:
+        del self._nodes[node.ino]
+        if isinstance(node, CgroupDir):
+            if self._cgroup_dirs.get(node.cgroup) is node:
+                del self._cgroup_dirs[node.cgroup]
+        elif isinstance(node, CgroupFileNode):
+            key = (node.cgroup, node.row.name)
+            if self._cgroup_files.get(key) is node:
+                del self._cgroup_files[key]
+
+    # -- attributes ---------------------------------------------------------------------------
+
+    def attr_of(self, node: Node) -> Attr:
+        if isinstance(node, CgroupDir):
+            return node.cgroup.attr
+        if isinstance(node, CgroupFileNode):
+            return self.tree.file_attr(node.cgroup, node.row.name)
+        if isinstance(node, StaticDir | SpecialFile):
+            return node.attr
+        raise TypeError(node)
+
+    def is_dir(self, node: Node) -> bool:
+        return isinstance(node, StaticDir | CgroupDir)
+
+    def entry(self, node: Node, timeout: float) -> pyfuse3.EntryAttributes:
+        a = self.attr_of(node)
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = node.ino
+        e.generation = 0
+        e.entry_timeout = timeout
+        e.attr_timeout = timeout
+        if self.is_dir(node):
+            e.st_mode = stat.S_IFDIR | a.mode
+            e.st_nlink = 2
+        else:
+            e.st_mode = stat.S_IFREG | a.mode
+            e.st_nlink = 1
+        e.st_uid = a.uid
+        e.st_gid = a.gid
+        e.st_rdev = 0
+        e.st_size = 0
+        e.st_blksize = 4096
+        e.st_blocks = 0
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = node.mtime_ns
+        return e

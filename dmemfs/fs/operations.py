@@ -1,0 +1,452 @@
+"""pyfuse3 request handlers. Thin: each looks up nodes, calls a helper, builds the reply."""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree, Creds
+from dmemfs.engine.files import files_of, lookup_file
+from dmemfs.errors import DmemError
+from dmemfs.fs.handles import CgroupFileHandle, Handle, Opener
+from dmemfs.fs.inodes import (
+    ROOT_INODE,
+    CgroupDir,
+    CgroupFileNode,
+    InodeTable,
+    Node,
+    SpecialFile,
+    StaticDir,
+)
+from dmemfs.procs import HostProcesses, creds_of
+
+log = logging.getLogger(__name__)
+
+#: Cache timeouts (seconds). Cgroup nodes change behind the kernel's back (files appear with
+#: +dmem, owners change), so their entries and attributes are not cached.
+CGROUP_TIMEOUT = 0.0
+STATIC_TIMEOUT = 300.0
+#: kernfs: at most this many user.* xattrs per node and this many bytes of values in total.
+MAX_XATTRS = 128
+MAX_XATTR_BYTES = 128 << 10
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def fuse_errors(fn: F) -> F:
+    """The one boundary: DmemError → its errno; anything unexpected is logged and EIO."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await fn(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except DmemError as e:
+            log.debug("%s: %s (%s)", fn.__name__, e, errno.errorcode.get(e.errno))
+            raise pyfuse3.FUSEError(e.errno) from None
+        except Exception:
+            log.exception("unexpected error in %s", fn.__name__)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _err(code: int) -> pyfuse3.FUSEError:
+    return pyfuse3.FUSEError(code)
+
+
+def _name(name: bytes) -> str:
+    return os.fsdecode(name)
+
+
+class DirHandle:
+    __slots__ = ("entries", "node")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.entries: list[tuple[str, Callable[[], Node]]] | None = None
+
+
+class Operations(pyfuse3.Operations):
+    """The mount: ``/cgroup`` (the cgroup v2 root), ``/dev/dri`` and ``/debug``."""
+
+    supports_dot_lookup = True
+    enable_writeback_cache = False
+    enable_acl = False
+
+    def __init__(self, tree: CgroupTree, host: HostProcesses) -> None:
+        super().__init__()
+        self.tree = tree
+        self.host = host
+        self.root = StaticDir(None)
+        self.inodes = InodeTable(tree, self.root)
+        self.inodes.add(self.root, ROOT_INODE)
+        self.cgroup_root = self.inodes.cgroup_dir(tree.root)
+        self.root.children["cgroup"] = self.cgroup_root
+        self.dev = self.add_dir(self.root, "dev")
+        self.dri = self.add_dir(self.dev, "dri")
+        self.debug = self.add_dir(self.root, "debug")
+        self._handles: dict[int, Handle] = {}
+        self._dirs: dict[int, DirHandle] = {}
+        self._next_fh = 1
+
+    # -- building the static layout ------------------------------------------------------
+
+    def add_dir(self, parent: StaticDir, name: str) -> StaticDir:
+        node = StaticDir(parent)
+        self.inodes.add(node)
+        parent.children[name] = node
+        return node
+
+    def add_file(self, parent: StaticDir, name: str, node: SpecialFile) -> SpecialFile:
+        self.inodes.add(node)
+        parent.children[name] = node
+        return node
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _node(self, ino: int) -> Node:
+        node = self.inodes.get(ino)
+        if node is None:
+            raise _err(errno.ENOENT)
+        return node
+
+    def _timeout(self, node: Node) -> float:
+        return STATIC_TIMEOUT if isinstance(node, StaticDir | SpecialFile) else CGROUP_TIMEOUT
+
+    def _reply(self, node: Node) -> pyfuse3.EntryAttributes:
+        return self.inodes.entry(node, self._timeout(node))
+
+    def _child(self, parent: Node, name: str) -> Node | None:
+        """The node named ``name`` in directory ``parent`` (created on demand), or None."""
+        if isinstance(parent, StaticDir):
+            return parent.children.get(name)
+        if isinstance(parent, CgroupDir):
+            cg = parent.cgroup
+            if cg.dying:
+                return None
+            child = cg.children.get(name)
+            if child is not None:
+                return self.inodes.cgroup_dir(child)
+            row = lookup_file(self.tree, cg, name)
+            if row is not None:
+                return self.inodes.cgroup_file(cg, row)
+            return None
+        raise _err(errno.ENOTDIR)
+
+    def _parent_of(self, node: Node) -> Node:
+        if isinstance(node, StaticDir):
+            return node.parent or node
+        if isinstance(node, CgroupDir):
+            parent = node.cgroup.parent
+            if parent is None:
+                return self.root
+            return self.inodes.cgroup_dir(parent)
+        raise _err(errno.ENOTDIR)
+
+    def _entries(self, node: Node) -> list[tuple[str, Callable[[], Node]]]:
+        """A snapshot of a directory's entries; nodes are made when they are listed."""
+        if isinstance(node, StaticDir):
+            return [(name, functools.partial(lambda n: n, n)) for name, n in node.children.items()]
+        if isinstance(node, CgroupDir):
+            cg = node.cgroup
+            if cg.dying:
+                return []
+            file_node = self.inodes.cgroup_file
+            dir_node = self.inodes.cgroup_dir
+            out: list[tuple[str, Callable[[], Node]]] = [
+                (row.name, functools.partial(file_node, cg, row))
+                for row in files_of(self.tree, cg)
+            ]
+            out += [(name, functools.partial(dir_node, c)) for name, c in cg.children.items()]
+            return out
+        raise _err(errno.ENOTDIR)
+
+    def _cgroup_dir(self, ino: int) -> Cgroup:
+        node = self._node(ino)
+        if isinstance(node, CgroupDir):
+            if node.cgroup.dying:
+                raise _err(errno.ENOENT)
+            return node.cgroup
+        if isinstance(node, StaticDir):
+            raise _err(errno.EPERM)
+        raise _err(errno.ENOTDIR)
+
+    def _opener(self, ctx: pyfuse3.RequestContext) -> Opener:
+        try:
+            pid = self.host.resolve(ctx.pid)
+        except DmemError:
+            pid = ctx.pid  # the opener already exited; it cannot write anyway
+        return Opener(pid, creds_of(ctx.pid, ctx.uid, ctx.gid), self.host)
+
+    def _new_fh(self, handle: Handle) -> int:
+        fh = self._next_fh
+        self._next_fh += 1
+        self._handles[fh] = handle
+        return fh
+
+    def _handle(self, fh: int) -> Handle:
+        try:
+            return self._handles[fh]
+        except KeyError:
+            raise _err(errno.EBADF) from None
+
+    # -- lookups and attributes -----------------------------------------------------------
+
+    @fuse_errors
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._node(parent_inode)
+        if name == b".":
+            node: Node | None = parent
+        elif name == b"..":
+            node = self._parent_of(parent)
+        else:
+            node = self._child(parent, _name(name))
+        if node is None:
+            raise _err(errno.ENOENT)
+        node.lookups += 1
+        return self._reply(node)
+
+    @fuse_errors
+    async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
+        for ino, n in inode_list:
+            self.inodes.forget(ino, n)
+
+    @fuse_errors
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return self._reply(self._node(inode))
+
+    @fuse_errors
+    async def setattr(
+        self,
+        inode: int,
+        attr: pyfuse3.EntryAttributes,
+        fields: pyfuse3.SetattrFields,
+        fh: int | None,
+        ctx: pyfuse3.RequestContext,
+    ) -> pyfuse3.EntryAttributes:
+        node = self._node(inode)
+        uid = attr.st_uid if fields.update_uid else None
+        gid = attr.st_gid if fields.update_gid else None
+        mode = attr.st_mode & 0o7777 if fields.update_mode else None
+        if uid is not None or gid is not None or mode is not None:
+            self._set_attr(node, uid, gid, mode)
+        # Truncation (O_TRUNC, truncate(1)) and time updates are accepted and ignored.
+        return self._reply(node)
+
+    def _set_attr(self, node: Node, uid: int | None, gid: int | None, mode: int | None) -> None:
+        if isinstance(node, CgroupDir):
+            if node.gone:
+                raise _err(errno.ENOENT)
+            self.tree.set_dir_attr(node.cgroup, uid=uid, gid=gid, mode=mode)
+        elif isinstance(node, CgroupFileNode):
+            if node.gone:
+                raise _err(errno.ENOENT)
+            self.tree.set_file_attr(node.cgroup, node.row.name, uid=uid, gid=gid, mode=mode)
+        elif isinstance(node, StaticDir | SpecialFile):
+            old = node.attr
+            node.attr = Attr(
+                old.uid if uid is None else uid,
+                old.gid if gid is None else gid,
+                old.mode if mode is None else mode,
+            )
+
+    # -- directories ---------------------------------------------------------------------------
+
+    @fuse_errors
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        node = self._node(inode)
+        if not self.inodes.is_dir(node):
+            raise _err(errno.ENOTDIR)
+        fh = self._next_fh
+        self._next_fh += 1
+        self._dirs[fh] = DirHandle(node)
+        return fh
+
+    @fuse_errors
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        handle = self._dirs.get(fh)
+        if handle is None:
+            raise _err(errno.EBADF)
+        # Offsets index a snapshot taken when the listing starts (or is rewound), so
+        # concurrent mkdir/rmdir never make an entry appear twice or be skipped.
+        if start_id == 0 or handle.entries is None:
+            handle.entries = self._entries(handle.node)
+        entries = handle.entries
+        for i in range(start_id, len(entries)):
+            name, make = entries[i]
+            child = make()
+            if not pyfuse3.readdir_reply(token, os.fsencode(name), self._reply(child), i + 1):
+                break
+            child.lookups += 1
+
+    @fuse_errors
+    async def releasedir(self, fh: int) -> None:
+        self._dirs.pop(fh, None)
+
+    @fuse_errors
+    async def mkdir(
+        self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        parent = self._cgroup_dir(parent_inode)
+        creds = Creds(ctx.uid, ctx.gid)
+        child = self.tree.mkdir(parent, _name(name), creds, mode & 0o7777 & ~ctx.umask)
+        node = self.inodes.cgroup_dir(child)
+        node.lookups += 1
+        return self._reply(node)
+
+    @fuse_errors
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        parent = self._cgroup_dir(parent_inode)
+        child = parent.children.get(_name(name))
+        if child is None:
+            is_file = lookup_file(self.tree, parent, _name(name)) is not None
+            raise _err(errno.ENOTDIR if is_file else errno.ENOENT)
+        self.host.refresh()
+        self.host.prune(child)
+        self.tree.rmdir(child)
+
+    @fuse_errors
+    async def rename(
+        self,
+        parent_inode_old: int,
+        name_old: bytes,
+        parent_inode_new: int,
+        name_new: bytes,
+        flags: int,
+        ctx: pyfuse3.RequestContext,
+    ) -> None:
+        raise _err(errno.EPERM)
+
+    @fuse_errors
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        node = self._child(self._node(parent_inode), _name(name))
+        raise _err(errno.ENOENT if node is None else errno.EPERM)
+
+    @fuse_errors
+    async def create(
+        self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
+    ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        raise _err(errno.EPERM)
+
+    @fuse_errors
+    async def mknod(
+        self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _err(errno.EPERM)
+
+    @fuse_errors
+    async def symlink(
+        self, parent_inode: int, name: bytes, target: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _err(errno.EPERM)
+
+    @fuse_errors
+    async def link(
+        self, inode: int, new_parent_inode: int, new_name: bytes, ctx: pyfuse3.RequestContext
+    ) -> pyfuse3.EntryAttributes:
+        raise _err(errno.EPERM)
+
+    # -- files ------------------------------------------------------------------------------
+
+    @fuse_errors
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        node = self._node(inode)
+        if self.inodes.is_dir(node):
+            raise _err(errno.EISDIR)
+        if node.gone:
+            raise _err(errno.ENODEV)
+        accmode = flags & os.O_ACCMODE
+        wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
+        wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
+        opener = self._opener(ctx)
+        handle: Handle
+        if isinstance(node, CgroupFileNode):
+            # kernfs refuses opening a file for an access it has no handler or mode bit for.
+            mode = self.inodes.attr_of(node).mode
+            if wants_read and (node.row.show is None or not mode & 0o444):
+                raise _err(errno.EACCES)
+            if wants_write and (node.row.write is None or not mode & 0o222):
+                raise _err(errno.EACCES)
+            handle = CgroupFileHandle(opener, node)
+        elif isinstance(node, SpecialFile):
+            handle = node.open_handle(opener, flags)
+        else:
+            raise _err(errno.EINVAL)
+        return pyfuse3.FileInfo(fh=self._new_fh(handle), direct_io=True, keep_cache=False)
+
+    @fuse_errors
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        return self._handle(fh).read(off, size)
+
+    @fuse_errors
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return self._handle(fh).write(buf)
+
+    @fuse_errors
+    async def release(self, fh: int) -> None:
+        handle = self._handles.pop(fh, None)
+        if handle is not None:
+            handle.release()
+
+    # -- extended attributes (user.* on cgroup directories) ------------------------------
+
+    def _xattr_dir(self, inode: int, name: bytes) -> Cgroup:
+        node = self._node(inode)
+        if not name.startswith(b"user.") or not isinstance(node, CgroupDir):
+            raise _err(errno.EOPNOTSUPP)
+        if node.gone:
+            raise _err(errno.ENOENT)
+        return node.cgroup
+
+    @fuse_errors
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        cg = self._xattr_dir(inode, name)
+        value = (cg.xattrs or {}).get(_name(name))
+        if value is None:
+            raise _err(pyfuse3.ENOATTR)
+        return value
+
+    @fuse_errors
+    async def setxattr(
+        self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
+    ) -> None:
+        cg = self._xattr_dir(inode, name)
+        xattrs = dict(cg.xattrs or {})
+        xattrs[_name(name)] = value
+        if len(xattrs) > MAX_XATTRS or sum(len(v) for v in xattrs.values()) > MAX_XATTR_BYTES:
+            raise _err(errno.ENOSPC)
+        cg.xattrs = xattrs
+
+    @fuse_errors
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        node = self._node(inode)
+        if isinstance(node, CgroupDir) and node.cgroup.xattrs:
+            return [os.fsencode(n) for n in node.cgroup.xattrs]
+        return []
+
+    @fuse_errors
+    async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        cg = self._xattr_dir(inode, name)
+        if not cg.xattrs or _name(name) not in cg.xattrs:
+            raise _err(pyfuse3.ENOATTR)
+        del cg.xattrs[_name(name)]
+
+    @fuse_errors
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_blocks = s.f_bfree = s.f_bavail = 0
+        s.f_files = len(self.inodes)
+        s.f_ffree = s.f_favail = 0
+        s.f_namemax = 255
+        return s
