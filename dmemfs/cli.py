@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from dmemfs import __version__
 from dmemfs.device.config import (
@@ -22,8 +23,15 @@ class UserError(Exception):
     """Printed as one line ``dmemfs: <message>`` with exit status 1."""
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line too."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="dmemfs",
         description="A FUSE filesystem that behaves like the cgroup v2 dmem controller, "
         "with simulated xe GPUs.",

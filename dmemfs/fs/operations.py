@@ -306,6 +306,13 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        static = self._node(parent_inode)
+        if isinstance(static, StaticDir):
+            node = static.children.get(_name(name))
+            if node is None:
+                raise _err(errno.ENOENT)
+            # The cgroup root cannot go (like a cgroup2 mount's root); the layout is fixed.
+            raise _err(errno.EBUSY if node is self.cgroup_root else errno.EPERM)
         parent = self._cgroup_dir(parent_inode)
         child = parent.children.get(_name(name))
         if child is None:

@@ -100,7 +100,10 @@ def test_try_charge_failing_level_is_the_lowest_over_max() -> None:
     pc.charge(b, 3)
     before = snapshot(root, g, a, b)
     assert pc.try_charge(b, 3) is a
-    assert snapshot(root, g, a, b) == before
+    after = snapshot(root, g, a, b)
+    assert after[:3] == before[:3]
+    # Only b's peak moved (the watermark quirk, see the next test).
+    assert after[3] == {**before[3], "watermark": 6}
 
 
 def test_try_charge_rolls_back_lower_levels_exactly_and_leaves_upper_untouched() -> None:
@@ -425,7 +428,7 @@ def test_effective_protection_u64_overflow(caplog: pytest.LogCaptureFixture) -> 
     exact = a * b // d
     wrapped = ((a * b) & U64_MASK) // d
     assert exact == 2 * GiB
-    assert wrapped == (14 << 60) // d == 1002165657  # the literal kernel result
+    assert wrapped == (14 << 60) // d == 1002159035  # the literal kernel result
     with caplog.at_level(logging.WARNING, logger="dmemfs.engine.page_counter"):
         got = pc.effective_protection(a, 15 * GiB, a, b, d, wrap=True)
     assert got == wrapped
@@ -622,6 +625,6 @@ def test_hierarchy_invariants(ops: list[tuple[str, int, int]]) -> None:
             assert x.watermark >= x.usage
         # Limits hold for everything charged through try_charge.
         for x in (a, b, c):
-            assert x.usage <= x.max or pc.set_max(x, x.max)
+            assert x.usage <= x.max
         assert a.children_min_usage == min(b.usage, b.min)
         assert root.children_min_usage == min(a.usage, a.min) + min(c.usage, c.min)
