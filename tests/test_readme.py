@@ -1,0 +1,126 @@
+"""Every shell example in README.md runs, in order, and prints what the README says.
+
+``console`` blocks hold ``$ command`` lines followed by their expected output (stdout and
+stderr together); ``...`` in an expected line matches anything. The examples use /mnt/dmem;
+the test substitutes a private temporary mountpoint.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import select
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from dmemfs.testing import is_mounted
+from tests.conftest import _require_fuse
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+#: The README's test command; it is this suite, so CI runs it (see test_ci_runs_readme_command).
+TEST_COMMAND = "scripts/test"
+
+
+def console_blocks(text: str) -> list[list[tuple[str, list[str]]]]:
+    blocks = []
+    for body in re.findall(r"```console\n(.*?)```", text, re.S):
+        steps: list[tuple[str, list[str]]] = []
+        for line in body.splitlines():
+            if line.startswith("$ "):
+                steps.append((line[2:], []))
+            else:
+                steps[-1][1].append(line)
+        blocks.append(steps)
+    return blocks
+
+
+def _matches(expected: list[str], actual: list[str]) -> bool:
+    if len(expected) != len(actual):
+        return False
+    for e, a in zip(expected, actual, strict=True):
+        pattern = ".*".join(re.escape(part) for part in e.split("..."))
+        if not re.fullmatch(pattern, a):
+            return False
+    return True
+
+
+class Shell:
+    """One bash session: commands share the working directory and variables."""
+
+    MARK = "__dmemfs_readme_done__"
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            ["bash", "--norc", "--noprofile"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, cwd=ROOT, env=env,
+        )
+
+    def run(self, command: str, timeout: float = 300) -> list[str]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(f"{command}\necho {self.MARK}\n".encode())
+        self.proc.stdin.flush()
+        out = b""
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while not out.endswith(f"{self.MARK}\n".encode()):
+            left = deadline - time.monotonic()
+            assert left > 0, f"timed out: {command}\n{out.decode()}"
+            if select.select([fd], [], [], left)[0]:
+                chunk = os.read(fd, 65536)
+                assert chunk, f"shell died during: {command}\n{out.decode()}"
+                out += chunk
+        text = out.decode()[: -len(self.MARK) - 1]
+        return text.splitlines()
+
+    def close(self) -> None:
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        self.proc.wait(timeout=30)
+        if self.proc.stdout:
+            self.proc.stdout.close()
+
+
+def test_readme_examples_run() -> None:
+    _require_fuse()
+    blocks = console_blocks(README.read_text())
+    assert len(blocks) >= 4
+    tmp = tempfile.mkdtemp(prefix="dmemfs-readme-")
+    mnt = os.path.join(tmp, "dmem")
+    env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
+    shell = Shell(env)
+    try:
+        for steps in blocks:
+            for command, expected in steps:
+                if command == TEST_COMMAND:
+                    continue  # this suite itself: .ci/run executes it
+                cmd = command.replace("/mnt/dmem", mnt)
+                want = [line.replace("/mnt/dmem", mnt) for line in expected]
+                got = shell.run(cmd)
+                assert _matches(want, got), (
+                    f"README example `{command}` printed:\n" + "\n".join(got)
+                    + "\nexpected:\n" + "\n".join(want)
+                )
+    finally:
+        shell.close()
+        if is_mounted(mnt):
+            subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
+            pytest.fail("a README example left the mount behind")
+
+
+def test_readme_has_two_command_quick_start() -> None:
+    text = README.read_text()
+    quick = text.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    blocks = console_blocks(quick)
+    assert [len(b) for b in blocks[:2]] == [1, 1]
+    assert blocks[0][0][0].startswith("scripts/bootstrap && ")
+    assert blocks[1][0][0] == TEST_COMMAND
+
+
+def test_ci_runs_readme_command() -> None:
+    lines = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert TEST_COMMAND in lines
