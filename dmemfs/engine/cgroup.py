@@ -104,6 +104,7 @@ class Cgroup:
         "nr_populated",
         "parent",
         "procs",
+        "released",
         "subtree_control",
         "xattrs",
     )
@@ -133,6 +134,8 @@ class Cgroup:
         self.nr_populated = 0
         self.freeze = 0
         self.dying = False
+        #: Dying and no longer referenced: gone from ``cgroup.stat`` counts.
+        self.released = False
         #: The online dmem css, when the parent enables dmem (always on the root).
         self.dmem_css: DmemCss | None = None
         #: dmem csses of this cgroup still alive (online or dying).
@@ -277,9 +280,11 @@ class CgroupTree:
         while (
             cgroup is not None
             and cgroup.dying
+            and not cgroup.released
             and cgroup.nr_csses == 0
             and cgroup.nr_dying_children == 0
         ):
+            cgroup.released = True
             parent = cgroup.parent
             assert parent is not None
             for a in parent.ancestors():

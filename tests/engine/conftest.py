@@ -61,6 +61,11 @@ class FileIO:
     def read(self, cg: Cgroup, name: str) -> str:
         return read_file(self.tree, cg, self.row(cg, name)).decode("latin-1")
 
+    def stat(self, cg: Cgroup) -> dict[str, int]:
+        """``cgroup.stat`` as a dict."""
+        lines = self.read(cg, "cgroup.stat").splitlines()
+        return {key: int(value) for key, value in (line.split(" ") for line in lines)}
+
     def write(
         self, cg: Cgroup, name: str, data: str | bytes, ctx: FakeContext | None = None
     ) -> int:

@@ -496,7 +496,7 @@ def test_calculate_protection_first_level_uses_raw_settings() -> None:
 
 def test_calculate_protection_relative_to_an_inner_limit() -> None:
     # With a non-root "root" argument, its direct children get their raw settings.
-    root, p, (x, _y, _z) = _worked_example_1()
+    _root, p, (x, _y, _z) = _worked_example_1()
     pc.calculate_protection(p, x)
     assert x.emin == 5
 
