@@ -69,6 +69,14 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="show the cgroup tree with usage and limits")
     s.add_argument("mountpoint")
 
+    x = sub.add_parser("xe", help="send one request to a simulated xe device file")
+    x.add_argument("device", help="the device file, e.g. MOUNT/dev/dri/renderD128")
+    x.add_argument("verb", help="GEM_CREATE, GEM_CLOSE, VM_CREATE, VM_DESTROY, QUERY, EXEC, "
+                   "BO_INFO")
+    x.add_argument("args", nargs="*", metavar="key=value")
+    x.add_argument("--hold", action="store_true",
+                   help="keep the device open (and the BOs alive) until interrupted")
+
     a = sub.add_parser("as-cgroup2", help="run CMD where the mount's cgroup/ looks like cgroup2")
     a.add_argument("mountpoint")
     a.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD …")
@@ -125,6 +133,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         print(commands.status(args.mountpoint), end="")
         return 0
+    if args.command == "xe":
+        return commands.xe(args.device, args.verb, args.args, args.hold)
     if args.command == "as-cgroup2":
         return commands.as_cgroup2(args.mountpoint, _command(args))
     raise AssertionError(args.command)

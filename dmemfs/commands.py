@@ -260,6 +260,34 @@ def cgroup_of(mountpoint: str, pid: int) -> str:
         os.close(fd)
 
 
+# -- xe -----------------------------------------------------------------------------------------
+
+
+def xe(device: str, verb: str, args: list[str], hold: bool) -> int:
+    """One ioctl on a fresh client; print the reply; with ``hold`` keep the client open."""
+    import signal
+
+    try:
+        fd = os.open(device, os.O_RDWR)
+    except OSError as e:
+        raise UserError(f"cannot open {device}: {e.strerror}") from None
+    try:
+        try:
+            os.write(fd, " ".join([verb, *args]).encode() + b"\n")
+        except OSError as e:
+            raise UserError(f"{verb}: {e.strerror}") from None
+        while chunk := os.read(fd, 65536):
+            sys.stdout.write(chunk.decode())
+        sys.stdout.flush()
+        if hold:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                signal.signal(s, lambda signum, frame: None)
+            signal.pause()
+    finally:
+        os.close(fd)
+    return 0
+
+
 # -- status ---------------------------------------------------------------------------------
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import functools
 import logging
 import os
 import signal
@@ -12,10 +13,14 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from dmemfs.device import views
 from dmemfs.device.config import DEFAULT_DEVICE, DeviceConfig
+from dmemfs.device.protocol import Session
+from dmemfs.device.xe import Device
 from dmemfs.engine.cgroup import Attr, CgroupTree
-from dmemfs.errors import InvalidArgument
-from dmemfs.fs.handles import Opener, QueryHandle, TextHandle
+from dmemfs.engine.dmem import DmemCss
+from dmemfs.errors import DmemError, InvalidArgument
+from dmemfs.fs.handles import DeviceHandle, Opener, QueryHandle, TextHandle
 from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import Operations
 from dmemfs.procs import HostProcesses
@@ -36,13 +41,41 @@ class MountOptions:
 def build(options: MountOptions) -> Operations:
     """Engine, host processes and the FUSE operations, with the devices registered."""
     tree = CgroupTree(options.profile)
-    for device in options.devices:
-        for name, size in zip(device.region_names(), device.vram, strict=True):
-            tree.dmem.register_region(name, size)
     host = HostProcesses(tree)
     ops = Operations(tree, host)
+    devices = [Device(config, minor, tree) for minor, config in enumerate(options.devices)]
+    for device in devices:
+        _add_device(ops, device)
     _add_debug_files(ops, options)
     return ops
+
+
+def _add_device(ops: Operations, device: Device) -> None:
+    host, tree = ops.host, ops.tree
+
+    def open_device(opener: Opener, flags: int) -> DeviceHandle:
+        def caller_css() -> DmemCss:
+            # The opener's cgroup at the time of each call (it may have moved since open).
+            try:
+                cgroup = host.cgroup_of(opener.pid)
+            except DmemError:
+                cgroup = tree.cgroup_of(opener.pid)  # exited: where it was last seen
+            return tree.dmem_css_of(cgroup)
+
+        return DeviceHandle(opener, Session(device, opener.pid, caller_css))
+
+    ops.add_file(ops.dri, device.node_name, SpecialFile(Attr(0, 0, 0o666), open_device))
+    debug = ops.add_dir(ops.add_dir_once(ops.debug, "dri"), device.pci)
+    ro = Attr(0, 0, 0o444)
+    for name, render in (("regions", views.regions), ("bos", views.bos),
+                         ("evictions", views.evictions),
+                         ("eviction_counts", views.eviction_counts)):
+        text = functools.partial(render, device)
+        ops.add_file(debug, name, SpecialFile(ro, functools.partial(_text_handle, text)))
+
+
+def _text_handle(render: Callable[[], str], opener: Opener, flags: int) -> TextHandle:
+    return TextHandle(opener, render)
 
 
 def _add_debug_files(ops: Operations, options: MountOptions) -> None:
@@ -78,17 +111,21 @@ def fuse_options(options: MountOptions) -> set[str]:
     return opts
 
 
-async def _serve() -> None:
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+async def _serve(early: list[int]) -> None:
     async with trio.open_nursery() as nursery:
 
-        async def stop_on_signal() -> None:
-            with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-                async for signum in signals:
-                    log.info("received %s, unmounting", signal.Signals(signum).name)
-                    pyfuse3.terminate()
-                    return
+        async def stop_on_signal(task_status: trio.TaskStatus[None]) -> None:
+            with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                task_status.started()
+                # A signal may have come after the mount was ready but before this receiver.
+                signum = early[0] if early else await anext(signals)
+                log.info("received %s, unmounting", signal.Signals(signum).name)
+                pyfuse3.terminate()
 
-        nursery.start_soon(stop_on_signal)
+        await nursery.start(stop_on_signal)
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
 
@@ -100,9 +137,14 @@ def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None
         pyfuse3.init(ops, options.mountpoint, fuse_options(options))
     except RuntimeError as e:
         raise OSError(errno.EIO, f"cannot mount at {options.mountpoint}: {e}") from None
+    early: list[int] = []
+    previous = {s: signal.signal(s, lambda signum, frame: early.append(signum))
+                for s in STOP_SIGNALS}
     try:
         ready()
-        trio.run(_serve)
+        trio.run(_serve, early)
     finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", options.mountpoint)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dmemfs.device.protocol import Session
 from dmemfs.engine.cgroup import Creds
 from dmemfs.engine.files import CgroupFile, read_file, write_file
 from dmemfs.errors import InvalidArgument, NoDevice
@@ -126,3 +127,16 @@ class QueryHandle(Handle):
         self.buf = b""
         self.buf = self._answer(self.opener, data.decode("latin-1")).encode()
         return len(data)
+
+
+class DeviceHandle(QueryHandle):
+    """An open device file: a DRM client; one write is one ioctl, its reply is read back."""
+
+    __slots__ = ("session",)
+
+    def __init__(self, opener: Opener, session: Session) -> None:
+        super().__init__(opener, lambda o, text: session.request(text))
+        self.session = session
+
+    def release(self) -> None:
+        self.session.close()

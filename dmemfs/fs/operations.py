@@ -105,6 +105,12 @@ class Operations(pyfuse3.Operations):
         parent.children[name] = node
         return node
 
+    def add_dir_once(self, parent: StaticDir, name: str) -> StaticDir:
+        node = parent.children.get(name)
+        if isinstance(node, StaticDir):
+            return node
+        return self.add_dir(parent, name)
+
     def add_file(self, parent: StaticDir, name: str, node: SpecialFile) -> SpecialFile:
         self.inodes.add(node)
         parent.children[name] = node

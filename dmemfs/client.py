@@ -1,0 +1,123 @@
+"""A Python client for a mounted dmemfs: the simulated xe device file and cgroup directories.
+
+    with XeDevice("/mnt/dmem/dev/dri/renderD128") as gpu:
+        bo = gpu.gem_create(256 << 20, placement=("vram0",))
+        gpu.bo_info(bo.handle)["placement"]          # 'vram0'
+
+Errors are ``OSError`` with the ioctl's errno (``ENOMEM``, ``ENOSPC``, ``EINVAL`` …).
+Each :class:`XeDevice` is one open of the device file, i.e. one DRM client: closing it frees
+every buffer object it created. Charges go to the cgroup of the process that opened it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass
+from types import TracebackType
+
+
+def parse_reply(line: str) -> dict[str, str]:
+    """``"a=1 b=x"`` → ``{"a": "1", "b": "x"}``."""
+    return dict(token.split("=", 1) for token in line.split())
+
+
+@dataclass(frozen=True)
+class BufferObject:
+    handle: int
+    size: int
+    placement: str
+    pinned: bool
+
+
+class XeDevice:
+    """One DRM client of a simulated xe device (``MOUNT/dev/dri/renderD128`` …)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> XeDevice:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, v: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    def ioctl(self, verb: str, **args: object) -> str:
+        """Send one request; return the reply text ('' when the verb has none)."""
+        line = " ".join([verb, *(f"{k}={v}" for k, v in args.items() if v is not None)])
+        os.write(self.fd, line.encode() + b"\n")
+        chunks = []
+        while chunk := os.read(self.fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks).decode()
+
+    def gem_create(
+        self,
+        size: int | str,
+        placement: Iterable[str] = ("vram0",),
+        flags: Iterable[str] = (),
+        cpu_caching: str | None = None,
+        vm_id: int | None = None,
+    ) -> BufferObject:
+        reply = parse_reply(self.ioctl(
+            "GEM_CREATE", size=size, placement=",".join(placement),
+            flags=",".join(flags) or None, cpu_caching=cpu_caching, vm_id=vm_id,
+        ))
+        return BufferObject(int(reply["handle"]), int(reply["size"]), reply["placement"],
+                            reply["pinned"] == "1")
+
+    def gem_close(self, handle: int) -> None:
+        self.ioctl("GEM_CLOSE", handle=handle)
+
+    def vm_create(self) -> int:
+        return int(parse_reply(self.ioctl("VM_CREATE"))["vm_id"])
+
+    def vm_destroy(self, vm_id: int) -> None:
+        self.ioctl("VM_DESTROY", vm_id=vm_id)
+
+    def query_mem_regions(self) -> list[dict[str, str]]:
+        return [parse_reply(line) for line in self.ioctl("QUERY", what="mem_regions").splitlines()]
+
+    def exec(self, handles: Iterable[int]) -> dict[str, int]:
+        reply = parse_reply(self.ioctl("EXEC", handles=",".join(str(h) for h in handles)))
+        return {k: int(v) for k, v in reply.items()}
+
+    def bo_info(self, handle: int) -> dict[str, str]:
+        return parse_reply(self.ioctl("BO_INFO", handle=handle))
+
+
+class CgroupDir:
+    """A cgroup directory of a mounted dmemfs (or any cgroup2 tree)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def read(self, name: str) -> str:
+        with open(os.path.join(self.path, name)) as f:
+            return f.read()
+
+    def write(self, name: str, value: str) -> None:
+        """One ``write()``; raises OSError with the kernel's errno."""
+        fd = os.open(os.path.join(self.path, name), os.O_WRONLY)
+        try:
+            os.write(fd, value.encode())
+        finally:
+            os.close(fd)
+
+    def child(self, name: str, *, create: bool = True) -> CgroupDir:
+        path = os.path.join(self.path, name)
+        if create and not os.path.isdir(path):
+            os.mkdir(path)
+        return CgroupDir(path)
+
+    def limits(self, name: str) -> dict[str, str]:
+        """A ``dmem.*`` file as {region: value}."""
+        return dict(line.rsplit(" ", 1) for line in self.read(name).splitlines())
