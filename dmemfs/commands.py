@@ -315,6 +315,14 @@ def _read_keyed(path: str) -> dict[str, int | str]:
     return out
 
 
+def _read_lines(path: str) -> list[str]:
+    try:
+        with open(path) as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
 def status(mountpoint: str) -> str:
     root = os.path.join(mountpoint, "cgroup")
     if not os.path.isdir(root):
@@ -323,9 +331,17 @@ def status(mountpoint: str) -> str:
     capacity = _read_keyed(os.path.join(root, "dmem.capacity"))
     lines = [f"dmemfs at {mountpoint}: profile {daemon.get('profile', '?')}, "
              f"pinning {daemon.get('pinning', '?')}, daemon pid {daemon.get('pid', '?')}"]
-    lines.append("regions:")
-    for region, size in capacity.items():
-        lines.append(f"  {region}  {human(size)}")
+    evictions: dict[str, int] = {}
+    dri = os.path.join(mountpoint, "debug", "dri")
+    for pci in sorted(os.listdir(dri)) if os.path.isdir(dri) else []:
+        for path, count in _read_keyed(os.path.join(dri, pci, "eviction_counts")).items():
+            evictions[path] = evictions.get(path, 0) + int(count)
+        lines.append(f"device {pci} (used / size, pinned):")
+        for row in _read_lines(os.path.join(dri, pci, "regions"))[1:]:
+            name, dmem_region, size, used, pinned = row.split()
+            label = name if dmem_region == "-" else dmem_region
+            lines.append(f"  {label}  {human(int(used))} / {human(int(size))}, "
+                         f"{human(int(pinned))} pinned")
     lines.append("cgroups (per region: current, peak, pinned; limits min/low/max):")
     for dirpath, dirnames, _ in os.walk(root):
         dirnames.sort()
@@ -338,7 +354,8 @@ def status(mountpoint: str) -> str:
         if not files["current"]:
             lines.append(f"{indent}{name}  (dmem not enabled by the parent)")
             continue
-        lines.append(f"{indent}{name}")
+        evicted = f"  (buffers evicted {evictions[name]} times)" if name in evictions else ""
+        lines.append(f"{indent}{name}{evicted}")
         for region in capacity:
             cur = files["current"].get(region, 0)
             parts = [f"current {human(cur)}"]

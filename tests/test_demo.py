@@ -1,0 +1,37 @@
+"""scripts/demo-pinning runs and shows the seed's scenario with the right numbers."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import _require_fuse
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_demo_pinning_numbers() -> None:
+    _require_fuse()
+    res = subprocess.run([str(ROOT / "scripts" / "demo-pinning")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = res.stdout
+    rows = {m["name"].strip(): m.groupdict() for m in re.finditer(
+        r"^(?P<name>[AB] [^\n]*?)\s+(?P<size>\d+ MiB)\s+(?P<pinned>yes|no)\s+"
+        r"(?P<before>\S+)\s+(?P<after>\S+)\s+(?P<evictions>\d+)$", out, re.M)}
+    assert len(rows) == 10, out
+    exported = rows["A exported (PINNED)"]
+    assert (exported["pinned"], exported["before"], exported["after"],
+            exported["evictions"]) == ("yes", "vram0", "vram0", "0")
+    # A's oldest ordinary buffer is evicted to make room for B; the rest of A stays within
+    # emin + pinned = 1.5 GiB.
+    assert rows["A ordinary #1"]["after"] == "system"
+    assert [rows[f"A ordinary #{i}"]["after"] for i in (2, 3)] == ["vram0", "vram0"]
+    assert sum(r["after"] == "vram0" for r in rows.values()) == 8  # 8 x 512 MiB = 4 GiB
+    usage = re.search(r"^A\s+2 GiB\s+1\.5 GiB\s+512 MiB$", out, re.M)
+    assert usage, out
+    assert re.search(r"^B\s+0 B\s+2\.5 GiB\s+0 B$", out, re.M), out
+    assert "A pins 768 MiB more (1.25 GiB pinned > dmem.min 1 GiB): ENOSPC" in out
+    assert "with --pinning posted (the RFC exactly as posted) A's first 512 MiB pin: ENOSPC" in out
