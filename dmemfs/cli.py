@@ -78,6 +78,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="keep the device open (and the BOs alive) until interrupted")
 
     a = sub.add_parser("as-cgroup2", help="run CMD where the mount's cgroup/ looks like cgroup2")
+    a.add_argument("--at", metavar="PATH",
+                   help="also bind the cgroup root over PATH (e.g. /sys/fs/cgroup)")
+    a.add_argument("--statfs", action="store_true",
+                   help="LD_PRELOAD a shim so statfs() reports CGROUP2_SUPER_MAGIC there")
     a.add_argument("mountpoint")
     a.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD …")
     return p
@@ -136,7 +140,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "xe":
         return commands.xe(args.device, args.verb, args.args, args.hold)
     if args.command == "as-cgroup2":
-        return commands.as_cgroup2(args.mountpoint, _command(args))
+        return commands.as_cgroup2(args.mountpoint, _command(args), at=args.at,
+                                   statfs=args.statfs)
     raise AssertionError(args.command)
 
 

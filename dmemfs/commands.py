@@ -381,12 +381,28 @@ def _mount_escape(path: str) -> str:
     return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
 
 
-def as_cgroup2(mountpoint: str, cmd: list[str]) -> int:
+def as_cgroup2(mountpoint: str, cmd: list[str], *, at: str | None = None,
+               statfs: bool = False) -> int:
     """Exec ``cmd`` in a private mount namespace whose /proc/self/mounts shows the mount's
-    ``cgroup/`` as the cgroup2 filesystem (so libcgroup and friends find it)."""
-    cgroup_root = os.path.join(os.path.abspath(mountpoint), "cgroup")
+    ``cgroup/`` (or ``at``, where it is bound too) as the cgroup2 filesystem; with ``statfs``,
+    an LD_PRELOAD shim makes statfs() report CGROUP2_SUPER_MAGIC there."""
+    cgroup_root = os.path.realpath(os.path.join(os.path.abspath(mountpoint), "cgroup"))
     if not os.path.isfile(os.path.join(cgroup_root, "cgroup.controllers")):
         raise UserError(f"{mountpoint} is not a dmemfs mount")
+    if at is not None:
+        at = os.path.abspath(at)
+        if not os.path.isdir(at):
+            raise UserError(f"as-cgroup2: --at {at}: no such directory")
+    env = dict(os.environ)
+    if statfs:
+        from dmemfs.shim import ShimError, build
+
+        try:
+            shim = build()
+        except ShimError as e:
+            raise UserError(f"as-cgroup2 --statfs: {e}") from None
+        env["LD_PRELOAD"] = " ".join(filter(None, [shim, env.get("LD_PRELOAD")]))
+        env["DMEMFS_CGROUP2_ROOTS"] = ":".join(filter(None, [cgroup_root, at]))
     libc = ctypes.CDLL(None, use_errno=True)
 
     def check(ret: int, what: str) -> None:
@@ -396,8 +412,11 @@ def as_cgroup2(mountpoint: str, cmd: list[str]) -> int:
 
     check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
     check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
+    if at is not None:
+        check(libc.mount(cgroup_root.encode(), at.encode(), None, MS_BIND, None),
+              f"binding the cgroup root over {at}")
     with tempfile.NamedTemporaryFile("w", prefix="dmemfs-mounts.", delete=False) as f:
-        f.write(f"cgroup2 {_mount_escape(cgroup_root)} cgroup2 "
+        f.write(f"cgroup2 {_mount_escape(at or cgroup_root)} cgroup2 "
                 "rw,nosuid,nodev,noexec,relatime 0 0\n")
     try:
         target = f"/proc/{os.getpid()}/mounts".encode()
@@ -405,7 +424,7 @@ def as_cgroup2(mountpoint: str, cmd: list[str]) -> int:
     finally:
         os.unlink(f.name)
     try:
-        os.execvp(cmd[0], cmd)
+        os.execvpe(cmd[0], cmd, env)
     except OSError as e:
         raise UserError(f"{cmd[0]}: {e.strerror}") from None
     return 127  # not reached
