@@ -54,9 +54,15 @@ def place_system(bo: BufferObject) -> None:
         bo.in_system = True
 
 
-def validate(bo: BufferObject, css: DmemCss, evictor_pid: int) -> int:
+def validate(
+    bo: BufferObject,
+    css: DmemCss,
+    evictor_pid: int,
+    busy: frozenset[BufferObject] = frozenset(),
+) -> int:
     """Make ``bo`` resident in the best placement it can get; returns bytes evicted.
 
+    ``busy`` BOs (the other BOs of the same job, reserved together) are never evicted.
     Raises NoMemory (ENOMEM, TTM's -ENOSPC as xe reports it) when no placement works.
     """
     evicted = [0]
@@ -83,7 +89,7 @@ def validate(bo: BufferObject, css: DmemCss, evictor_pid: int) -> int:
                 limit = e.limit_pool
             if not force_space:
                 continue
-            if _evict_alloc(bo, region, css, limit, evictor_pid, evicted):
+            if _evict_alloc(bo, region, css, limit, evictor_pid, evicted, busy):
                 return evicted[0]
     raise NoMemory(f"no placement of {bo.size} bytes fits ({', '.join(bo.places)})")
 
@@ -95,8 +101,12 @@ def _evict_alloc(
     limit: Pool | None,
     evictor_pid: int,
     evicted: list[int],
+    busy: frozenset[BufferObject],
 ) -> bool:
-    """``ttm_bo_evict_alloc``: evict LRU victims the limit allows until ``bo`` fits."""
+    """``ttm_bo_evict_alloc``: evict LRU victims the limit allows until ``bo`` fits.
+
+    BOs in ``busy`` are reserved by the caller (their locks are held), so the walk skips them.
+    """
     dmem = bo.device.tree.dmem
     reason = (f"limit of {limit.css.cgroup.path}" if limit is not None else "device full")
     hit_low = False
@@ -104,6 +114,8 @@ def _evict_alloc(
         if try_low and not hit_low:
             break
         for victim in list(region.lru):
+            if victim in busy:
+                continue
             assert victim.pool is not None
             valuable, low = dmem.evict_valuable(limit, victim.pool, try_low)
             hit_low |= low
@@ -163,6 +175,7 @@ def exec_bos(bos: list[BufferObject], css: DmemCss, evictor_pid: int) -> tuple[i
     Returns (migrated_bytes, evicted_bytes). BOs already in VRAM become most recently used.
     """
     migrated = evicted = 0
+    job = frozenset(bos)
     for bo in bos:
         if bo.region is not None:
             if bo in bo.region.lru:
@@ -170,7 +183,7 @@ def exec_bos(bos: list[BufferObject], css: DmemCss, evictor_pid: int) -> tuple[i
             continue
         if not any(p != SYSTEM for p in bo.places):
             continue  # system-only BO: nothing to migrate
-        evicted += validate(bo, css, evictor_pid)
+        evicted += validate(bo, css, evictor_pid, busy=job)
         if bo.region is not None:
             migrated += bo.size
     return migrated, evicted
