@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="emulated kernel (default: latest)")
     m.add_argument("--pinning", choices=["intended", "posted"], default="intended",
                    help="pinning RFC behaviour (default: intended)")
+    m.add_argument("--selftest", action="store_true",
+                   help="emulate the kernel's dmem_selftest module (debug/dmem_selftest/)")
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount (permissions are enforced)")
@@ -80,6 +82,8 @@ def _parser() -> argparse.ArgumentParser:
     a = sub.add_parser("as-cgroup2", help="run CMD where the mount's cgroup/ looks like cgroup2")
     a.add_argument("--at", metavar="PATH",
                    help="also bind the cgroup root over PATH (e.g. /sys/fs/cgroup)")
+    a.add_argument("--debugfs", action="store_true",
+                   help="show MOUNT/debug/dmem_selftest at /sys/kernel/debug/dmem_selftest")
     a.add_argument("--statfs", action="store_true",
                    help="LD_PRELOAD a shim so statfs() reports CGROUP2_SUPER_MAGIC there")
     a.add_argument("mountpoint")
@@ -141,7 +145,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.xe(args.device, args.verb, args.args, args.hold)
     if args.command == "as-cgroup2":
         return commands.as_cgroup2(args.mountpoint, _command(args), at=args.at,
-                                   statfs=args.statfs)
+                                   statfs=args.statfs, debugfs=args.debugfs)
     raise AssertionError(args.command)
 
 

@@ -67,6 +67,8 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         argv.append("--allow-other")
     if args.debug:
         argv.append("--debug")
+    if args.selftest:
+        argv.append("--selftest")
     return argv
 
 
@@ -140,6 +142,7 @@ def _mount_foreground(
         profile=get_profile(args.profile).with_options(pinning=args.pinning),
         allow_other=args.allow_other,
         debug=args.debug,
+        selftest=args.selftest,
     )
     try:
         run(options, ready=lambda: report("ok"))
@@ -371,6 +374,7 @@ def status(mountpoint: str) -> str:
 
 # -- as-cgroup2 -----------------------------------------------------------------------------
 
+DEBUGFS = "/sys/kernel/debug"
 CLONE_NEWNS = 0x00020000
 MS_BIND = 4096
 MS_REC = 16384
@@ -382,7 +386,7 @@ def _mount_escape(path: str) -> str:
 
 
 def as_cgroup2(mountpoint: str, cmd: list[str], *, at: str | None = None,
-               statfs: bool = False) -> int:
+               statfs: bool = False, debugfs: bool = False) -> int:
     """Exec ``cmd`` in a private mount namespace whose /proc/self/mounts shows the mount's
     ``cgroup/`` (or ``at``, where it is bound too) as the cgroup2 filesystem; with ``statfs``,
     an LD_PRELOAD shim makes statfs() report CGROUP2_SUPER_MAGIC there."""
@@ -415,6 +419,16 @@ def as_cgroup2(mountpoint: str, cmd: list[str], *, at: str | None = None,
     if at is not None:
         check(libc.mount(cgroup_root.encode(), at.encode(), None, MS_BIND, None),
               f"binding the cgroup root over {at}")
+    if debugfs:
+        selftest = os.path.join(os.path.abspath(mountpoint), "debug", "dmem_selftest")
+        if not os.path.isdir(selftest):
+            raise UserError("as-cgroup2 --debugfs: the mount has no debug/dmem_selftest "
+                            "(mount with --selftest)")
+        check(libc.mount(b"dmemfs-debugfs", DEBUGFS.encode(), b"tmpfs", 0, b"mode=0700"),
+              f"mounting a tmpfs over {DEBUGFS}")
+        os.mkdir(os.path.join(DEBUGFS, "dmem_selftest"))
+        check(libc.mount(selftest.encode(), os.path.join(DEBUGFS, "dmem_selftest").encode(),
+                         None, MS_BIND, None), "binding dmem_selftest")
     with tempfile.NamedTemporaryFile("w", prefix="dmemfs-mounts.", delete=False) as f:
         f.write(f"cgroup2 {_mount_escape(at or cgroup_root)} cgroup2 "
                 "rw,nosuid,nodev,noexec,relatime 0 0\n")

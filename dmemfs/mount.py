@@ -16,11 +16,12 @@ import trio
 from dmemfs.device import views
 from dmemfs.device.config import DEFAULT_DEVICE, DeviceConfig
 from dmemfs.device.protocol import Session
+from dmemfs.device.selftest import DmemSelftest
 from dmemfs.device.xe import Device
 from dmemfs.engine.cgroup import Attr, CgroupTree
 from dmemfs.engine.dmem import DmemCss
 from dmemfs.errors import DmemError, InvalidArgument
-from dmemfs.fs.handles import DeviceHandle, Opener, QueryHandle, TextHandle
+from dmemfs.fs.handles import CommandHandle, DeviceHandle, Opener, QueryHandle, TextHandle
 from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import Operations
 from dmemfs.procs import HostProcesses
@@ -36,6 +37,8 @@ class MountOptions:
     profile: Profile = field(default_factory=lambda: get_profile("latest"))
     allow_other: bool = False
     debug: bool = False
+    #: Emulate the kernel's dmem_selftest module (its region is registered first).
+    selftest: bool = False
 
 
 def build(options: MountOptions) -> Operations:
@@ -43,6 +46,8 @@ def build(options: MountOptions) -> Operations:
     tree = CgroupTree(options.profile)
     host = HostProcesses(tree)
     ops = Operations(tree, host)
+    if options.selftest:
+        _add_selftest(ops, DmemSelftest(tree))
     devices = [Device(config, minor, tree) for minor, config in enumerate(options.devices)]
     for device in devices:
         _add_device(ops, device)
@@ -50,19 +55,28 @@ def build(options: MountOptions) -> Operations:
     return ops
 
 
+def _caller_css(ops: Operations, opener: Opener) -> DmemCss:
+    """The dmem css of the opener at the time of a call (it may have moved since open)."""
+    try:
+        cgroup = ops.host.cgroup_of(opener.pid)
+    except DmemError:
+        cgroup = ops.tree.cgroup_of(opener.pid)  # exited: where it was last seen
+    return ops.tree.dmem_css_of(cgroup)
+
+
+def _add_selftest(ops: Operations, selftest: DmemSelftest) -> None:
+    directory = ops.add_dir(ops.debug, "dmem_selftest")
+    wo = Attr(0, 0, 0o200)
+    ops.add_file(directory, "charge", SpecialFile(wo, lambda o, f: CommandHandle(
+        o, lambda opener, data: selftest.charge(_caller_css(ops, opener), data))))
+    ops.add_file(directory, "uncharge", SpecialFile(wo, lambda o, f: CommandHandle(
+        o, lambda opener, data: selftest.uncharge(data))))
+
+
 def _add_device(ops: Operations, device: Device) -> None:
-    host, tree = ops.host, ops.tree
-
     def open_device(opener: Opener, flags: int) -> DeviceHandle:
-        def caller_css() -> DmemCss:
-            # The opener's cgroup at the time of each call (it may have moved since open).
-            try:
-                cgroup = host.cgroup_of(opener.pid)
-            except DmemError:
-                cgroup = tree.cgroup_of(opener.pid)  # exited: where it was last seen
-            return tree.dmem_css_of(cgroup)
-
-        return DeviceHandle(opener, Session(device, opener.pid, caller_css))
+        return DeviceHandle(opener, Session(device, opener.pid,
+                                            functools.partial(_caller_css, ops, opener)))
 
     ops.add_file(ops.dri, device.node_name, SpecialFile(Attr(0, 0, 0o666), open_device))
     debug = ops.add_dir(ops.add_dir_once(ops.debug, "dri"), device.pci)

@@ -101,6 +101,11 @@ def _kstrtoull(s: str, base: int) -> int:
     return value
 
 
+def kstrtou64(s: str, base: int = 0) -> int:
+    """``kstrtou64()``: an optional ``+``, digits, at most one newline."""
+    return _kstrtoull(s[1:] if s.startswith("+") else s, base)
+
+
 def kstrtoint(s: str, base: int = 0) -> int:
     """``kstrtoint()``: EINVAL for garbage, ERANGE when the value does not fit an int."""
     if s.startswith("-"):

@@ -140,3 +140,17 @@ class DeviceHandle(QueryHandle):
 
     def release(self) -> None:
         self.session.close()
+
+
+class CommandHandle(Handle):
+    """A write-only control file: each write runs ``command(opener, data)``."""
+
+    __slots__ = ("_command",)
+
+    def __init__(self, opener: Opener, command: Callable[[Opener, bytes], None]) -> None:
+        super().__init__(opener)
+        self._command = command
+
+    def write(self, data: bytes) -> int:
+        self._command(self.opener, data)
+        return len(data)
