@@ -2,7 +2,7 @@
 
 ``console`` blocks hold ``$ command`` lines followed by their expected output (stdout and
 stderr together); ``...`` in an expected line matches anything. The examples use /mnt/dmem;
-the test substitutes a private temporary mountpoint.
+the test substitutes a private temporary mountpoint (and moves /tmp/… files next to it).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import subprocess
 import tempfile
 import time
@@ -92,14 +93,19 @@ def test_readme_examples_run() -> None:
     tmp = tempfile.mkdtemp(prefix="dmemfs-readme-")
     mnt = os.path.join(tmp, "dmem")
     env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}:{os.environ['PATH']}")
+
+    def private(text: str) -> str:
+        """The examples' /tmp/… files and /mnt/dmem, moved into this test's directory."""
+        return text.replace("/tmp/", f"{tmp}/").replace("/mnt/dmem", mnt)
+
     shell = Shell(env)
     try:
         for steps in blocks:
             for command, expected in steps:
                 if command == TEST_COMMAND:
                     continue  # this suite itself: .ci/run executes it
-                cmd = command.replace("/mnt/dmem", mnt)
-                want = [line.replace("/mnt/dmem", mnt) for line in expected]
+                cmd = private(command)
+                want = [private(line) for line in expected]
                 got = shell.run(cmd)
                 assert _matches(want, got), (
                     f"README example `{command}` printed:\n" + "\n".join(got)
@@ -110,6 +116,7 @@ def test_readme_examples_run() -> None:
         if is_mounted(mnt):
             subprocess.run(["fusermount3", "-u", "-z", mnt], capture_output=True)
             pytest.fail("a README example left the mount behind")
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def test_readme_has_two_command_quick_start() -> None:
