@@ -200,7 +200,7 @@ class Dmem:
         """
         if region.unregistered:
             raise NoDevice(f"region {region.name} is unregistered")
-        pool = self.get_pool(css, region)
+        pool = css.pools.get(region) or self.get_pool(css, region)
         fail = pc.try_charge(pool.counter, size)
         if fail is not None:
             limit = pool
@@ -219,7 +219,8 @@ class Dmem:
             css.nr_charges -= 1
         else:
             log.warning("dmem uncharge of %s without an outstanding charge", pool)
-        self._maybe_release(css)
+        if not css.online:
+            self._maybe_release(css)
 
     def try_pin(self, pool: Pool, size: int) -> None:
         """``dmem_cgroup_try_pin``: EAGAIN when a level's pinned amount would exceed its min."""

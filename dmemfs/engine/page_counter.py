@@ -28,6 +28,7 @@ class PageCounter:
         "min_usage",
         "parent",
         "pinned",
+        "protection",
         "usage",
         "watermark",
     )
@@ -46,6 +47,11 @@ class PageCounter:
         self.low_usage = 0
         self.children_min_usage = 0
         self.children_low_usage = 0
+        #: Whether this level takes part in protected-usage propagation: it has a parent and
+        #: a min/low setting or a reported protected usage. Kept by propagate_protected_usage,
+        #: set_min and set_low (change min/low only through them), and lets the charge paths
+        #: skip levels that have nothing to propagate, as the kernel's own checks do.
+        self.protection = False
 
     def __repr__(self) -> str:
         return (
@@ -76,6 +82,7 @@ def propagate_protected_usage(c: PageCounter, usage: int) -> None:
     if protected != c.low_usage:
         parent.children_low_usage += protected - c.low_usage
         c.low_usage = protected
+    c.protection = bool(c.min or c.low or c.min_usage or c.low_usage)
 
 
 def charge(counter: PageCounter, n: int) -> None:
@@ -84,7 +91,8 @@ def charge(counter: PageCounter, n: int) -> None:
     while c is not None:
         new = c.usage + n
         c.usage = new
-        propagate_protected_usage(c, new)
+        if c.protection:
+            propagate_protected_usage(c, new)
         if new > c.watermark:
             c.watermark = new
         c = c.parent
@@ -95,7 +103,7 @@ def try_charge(counter: PageCounter, n: int) -> PageCounter | None:
 
     Returns ``None`` on success, or the lowest (closest to the leaf) counter whose max would be
     exceeded; in that case every level charged below it is rolled back and the levels above it
-    were never touched, so nothing changed.
+    were never touched. (The rolled-back levels keep a raised watermark, as in the kernel.)
     """
     c: PageCounter | None = counter
     while c is not None:
@@ -104,35 +112,32 @@ def try_charge(counter: PageCounter, n: int) -> PageCounter | None:
             _cancel_until(counter, c, n)
             return c
         c.usage = new
-        propagate_protected_usage(c, new)
+        if c.protection:
+            propagate_protected_usage(c, new)
         if new > c.watermark:
             c.watermark = new
         c = c.parent
     return None
 
 
-def _cancel_until(counter: PageCounter, stop: PageCounter, n: int) -> None:
+def _cancel_until(counter: PageCounter, stop: PageCounter | None, n: int) -> None:
+    """``page_counter_cancel`` at every level from ``counter`` up to (not including) ``stop``."""
     c: PageCounter | None = counter
-    while c is not None and c is not stop:
-        _cancel(c, n)
+    while c is not stop:
+        assert c is not None
+        new = c.usage - n
+        if new < 0:
+            log.warning("page_counter underflow: %d nr_pages=%d", new, n)
+            new = 0
+        c.usage = new
+        if c.protection:
+            propagate_protected_usage(c, new)
         c = c.parent
-
-
-def _cancel(c: PageCounter, n: int) -> None:
-    new = c.usage - n
-    if new < 0:
-        log.warning("page_counter underflow: %d nr_pages=%d", new, n)
-        new = 0
-    c.usage = new
-    propagate_protected_usage(c, new)
 
 
 def uncharge(counter: PageCounter, n: int) -> None:
     """Uncharge ``n`` at every level; a level that would go negative is clamped to 0."""
-    c: PageCounter | None = counter
-    while c is not None:
-        _cancel(c, n)
-        c = c.parent
+    _cancel_until(counter, None, n)
 
 
 def set_max(counter: PageCounter, value: int) -> bool:

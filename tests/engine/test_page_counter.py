@@ -109,8 +109,9 @@ def test_try_charge_failing_level_is_the_lowest_over_max() -> None:
 def test_try_charge_rolls_back_lower_levels_exactly_and_leaves_upper_untouched() -> None:
     root, g, a, b = chain(4)
     g.max = 10
-    b.min = b.low = 100
-    a.min = a.low = 100
+    for c in (b, a):  # min/low change only through the setters (they keep c.protection)
+        pc.set_min(c, 100)
+        pc.set_low(c, 100)
     pc.try_charge(b, 8)
     pc.charge(root, 1)  # usage that exists only at the root
     assert (root.usage, g.usage, a.usage, b.usage) == (9, 8, 8, 8)
@@ -172,8 +173,8 @@ def test_uncharge_without_underflow_does_not_warn(caplog: pytest.LogCaptureFixtu
 
 def test_uncharge_updates_protected_usage() -> None:
     root, a = chain(2)
-    a.min = 10
-    a.low = 4
+    pc.set_min(a, 10)
+    pc.set_low(a, 4)
     pc.charge(a, 6)
     assert (root.children_min_usage, root.children_low_usage) == (6, 4)
     pc.uncharge(a, 3)
