@@ -20,10 +20,10 @@ from dmemfs.device.selftest import DmemSelftest
 from dmemfs.device.xe import Device
 from dmemfs.engine.cgroup import Attr, CgroupTree
 from dmemfs.engine.dmem import DmemCss
-from dmemfs.errors import DmemError, InvalidArgument
+from dmemfs.errors import InvalidArgument
 from dmemfs.fs.handles import CommandHandle, DeviceHandle, Opener, QueryHandle, TextHandle
 from dmemfs.fs.inodes import SpecialFile
-from dmemfs.fs.operations import Operations
+from dmemfs.fs.operations import REQUESTS, Operations
 from dmemfs.procs import HostProcesses
 from dmemfs.profile import Profile, get_profile
 
@@ -56,12 +56,11 @@ def build(options: MountOptions) -> Operations:
 
 
 def _caller_css(ops: Operations, opener: Opener) -> DmemCss:
-    """The dmem css of the opener at the time of a call (it may have moved since open)."""
-    try:
-        cgroup = ops.host.cgroup_of(opener.pid)
-    except DmemError:
-        cgroup = ops.tree.cgroup_of(opener.pid)  # exited: where it was last seen
-    return ops.tree.dmem_css_of(cgroup)
+    """The dmem css of the opener at the time of a call (it may have moved since open).
+
+    The opener was resolved once; every later move of it went through the engine.
+    """
+    return ops.tree.dmem_css_of(ops.tree.cgroup_of(opener.pid))
 
 
 def _add_selftest(ops: Operations, selftest: DmemSelftest) -> None:
@@ -108,8 +107,12 @@ def _add_debug_files(ops: Operations, options: MountOptions) -> None:
         cgroup = ops.host.cgroup_of(pid)
         return f"0::{cgroup.path}\n"
 
+    def requests() -> str:
+        return "".join(f"{name} {n}\n" for name, n in sorted(REQUESTS.items()))
+
     ro = Attr(0, 0, 0o444)
     ops.add_file(ops.debug, "daemon", SpecialFile(ro, lambda o, f: TextHandle(o, daemon_info)))
+    ops.add_file(ops.debug, "requests", SpecialFile(ro, lambda o, f: TextHandle(o, requests)))
     ops.add_file(
         ops.debug, "pid-cgroup",
         SpecialFile(Attr(0, 0, 0o666), lambda o, f: QueryHandle(o, pid_cgroup)),

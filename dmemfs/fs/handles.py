@@ -3,27 +3,48 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from dmemfs.device.protocol import Session
 from dmemfs.engine.cgroup import Creds
 from dmemfs.engine.files import CgroupFile, read_file, write_file
-from dmemfs.errors import InvalidArgument, NoDevice
+from dmemfs.errors import DmemError, InvalidArgument, NoDevice
 from dmemfs.fs.inodes import CgroupFileNode
-from dmemfs.procs import HostProcesses
+from dmemfs.procs import HostProcesses, creds_of
 from dmemfs.profile import MAX_WRITE
 
 
-@dataclass(frozen=True, slots=True)
 class Opener:
     """The process that opened a file: "the writer" of every later write (SPEC §5).
 
-    Implements the engine's ``WriteContext``.
+    Implements the engine's ``WriteContext``. Who it is (thread group, supplementary groups)
+    is looked up in /proc only when a write needs it, so opening a file to read costs none.
     """
 
-    pid: int
-    creds: Creds
-    host: HostProcesses
+    __slots__ = ("_creds", "_pid", "gid", "host", "tid", "uid")
+
+    def __init__(self, tid: int, uid: int, gid: int, host: HostProcesses) -> None:
+        self.tid = tid
+        self.uid = uid
+        self.gid = gid
+        self.host = host
+        self._pid: int | None = None
+        self._creds: Creds | None = None
+
+    @property
+    def pid(self) -> int:
+        """Thread group of the opener, known to the engine (its cgroup resolved)."""
+        if self._pid is None:
+            try:
+                self._pid = self.host.resolve(self.tid)
+            except DmemError:
+                self._pid = self.tid  # it already exited; it cannot be moved either
+        return self._pid
+
+    @property
+    def creds(self) -> Creds:
+        if self._creds is None:
+            self._creds = creds_of(self.tid, self.uid, self.gid)
+        return self._creds
 
     def resolve_pid(self, pid: int) -> int:
         return self.host.resolve(pid)

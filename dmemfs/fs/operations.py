@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import errno
 import functools
 import logging
@@ -10,9 +11,10 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree, Creds
-from dmemfs.engine.files import files_of, lookup_file
+from dmemfs.engine.files import FILES, files_of, lookup_file
 from dmemfs.errors import DmemError
 from dmemfs.fs.handles import CgroupFileHandle, Handle, Opener
 from dmemfs.fs.inodes import (
@@ -24,26 +26,31 @@ from dmemfs.fs.inodes import (
     SpecialFile,
     StaticDir,
 )
-from dmemfs.procs import HostProcesses, creds_of
+from dmemfs.procs import HostProcesses
 
 log = logging.getLogger(__name__)
 
-#: Cache timeouts (seconds). Cgroup nodes change behind the kernel's back (files appear with
-#: +dmem, owners change), so their entries and attributes are not cached.
-CGROUP_TIMEOUT = 0.0
-STATIC_TIMEOUT = 300.0
+#: How long the kernel may cache entries and attributes (seconds). Only dmemfs changes them,
+#: and it tells the kernel when it does (see _controller_files_changed); everything else the
+#: kernel learns from the replies to its own mkdir/rmdir/setattr.
+TIMEOUT = 300.0
 #: kernfs: at most this many user.* xattrs per node and this many bytes of values in total.
 MAX_XATTRS = 128
 MAX_XATTR_BYTES = 128 << 10
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
+#: FUSE requests served, by handler name (shown in MOUNT/debug/requests).
+REQUESTS: collections.Counter[str] = collections.Counter()
+
 
 def fuse_errors(fn: F) -> F:
     """The one boundary: DmemError → its errno; anything unexpected is logged and EIO."""
+    name = fn.__name__
 
     @functools.wraps(fn)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        REQUESTS[name] += 1
         try:
             return await fn(*args, **kwargs)
         except pyfuse3.FUSEError:
@@ -64,6 +71,22 @@ def _err(code: int) -> pyfuse3.FUSEError:
 
 def _name(name: bytes) -> str:
     return os.fsdecode(name)
+
+
+CONTROLLER_FILES = [row for row in FILES if row.controller is not None]
+
+
+def _invalidate(entries: list[tuple[int, bytes]], attrs: list[int]) -> None:
+    for parent, name in entries:
+        try:
+            pyfuse3.invalidate_entry(parent, name)
+        except OSError:
+            pass  # the kernel had already forgotten it
+    for ino in attrs:
+        try:
+            pyfuse3.invalidate_inode(ino, attr_only=True)
+        except OSError:
+            pass
 
 
 class DirHandle:
@@ -124,11 +147,8 @@ class Operations(pyfuse3.Operations):
             raise _err(errno.ENOENT)
         return node
 
-    def _timeout(self, node: Node) -> float:
-        return STATIC_TIMEOUT if isinstance(node, StaticDir | SpecialFile) else CGROUP_TIMEOUT
-
     def _reply(self, node: Node) -> pyfuse3.EntryAttributes:
-        return self.inodes.entry(node, self._timeout(node))
+        return self.inodes.entry(node, TIMEOUT)
 
     def _child(self, parent: Node, name: str) -> Node | None:
         """The node named ``name`` in directory ``parent`` (created on demand), or None."""
@@ -186,11 +206,7 @@ class Operations(pyfuse3.Operations):
         raise _err(errno.ENOTDIR)
 
     def _opener(self, ctx: pyfuse3.RequestContext) -> Opener:
-        try:
-            pid = self.host.resolve(ctx.pid)
-        except DmemError:
-            pid = ctx.pid  # the opener already exited; it cannot write anyway
-        return Opener(pid, creds_of(ctx.pid, ctx.uid, ctx.gid), self.host)
+        return Opener(ctx.pid, ctx.uid, ctx.gid, self.host)
 
     def _new_fh(self, handle: Handle) -> int:
         fh = self._next_fh
@@ -384,6 +400,8 @@ class Operations(pyfuse3.Operations):
         opener = self._opener(ctx)
         handle: Handle
         if isinstance(node, CgroupFileNode):
+            if not node.row.exists(node.cgroup, self.tree.profile):
+                raise _err(errno.ENOENT)  # e.g. a dmem file of a cgroup whose parent did -dmem
             # kernfs refuses opening a file for an access it has no handler or mode bit for.
             mode = self.inodes.attr_of(node).mode
             if wants_read and (node.row.show is None or not mode & 0o444):
@@ -403,7 +421,35 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return self._handle(fh).write(buf)
+        handle = self._handle(fh)
+        written = handle.write(buf)
+        if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
+            await self._controller_files_changed(handle.node.cgroup)
+        return written
+
+    async def _controller_files_changed(self, cgroup: Cgroup) -> None:
+        """+dmem/-dmem in ``cgroup`` made the children's dmem files appear (owned by the
+        writer) or vanish: drop what the kernel caches of them before the write returns.
+
+        Done in a worker thread while this task awaits it: the kernel may need other requests
+        served (a lookup holding a child directory's lock) before it can take the notice.
+        """
+        entries: list[tuple[int, bytes]] = []
+        attrs: list[int] = []
+        for child in cgroup.children.values():
+            dir_node = self.inodes.peek_cgroup_dir(child)
+            if dir_node is None:
+                continue  # the kernel knows nothing under it
+            for row in CONTROLLER_FILES:
+                node = self.inodes.peek_cgroup_file(child, row.name)
+                if node is None:
+                    continue
+                if row.exists(child, self.tree.profile):
+                    attrs.append(node.ino)
+                else:
+                    entries.append((dir_node.ino, row.name.encode()))
+        if entries or attrs:
+            await trio.to_thread.run_sync(_invalidate, entries, attrs)
 
     @fuse_errors
     async def release(self, fh: int) -> None:

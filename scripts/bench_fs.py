@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""Benchmark dmemfs against the floor (a minimal pyfuse3 filesystem, scripts/floorfs.py).
+
+Both are mounted in the same run with the same options; every operation is timed on both
+(median of 5 runs of many iterations) and the FUSE requests it costs are counted by the
+daemons themselves. Prints one JSON object. Needs root (or fusermount3) and /dev/fuse.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from dmemfs.testing import Mounted, is_mounted, mounted  # noqa: E402
+
+REGION = "drm/0000:03:00.0/vram0"
+REPEATS = 7
+#: Operations on reads, stat and writes are held to this ratio against the floor.
+TARGET_RATIO = 1.15
+
+
+@contextmanager
+def floor_mount(entries: int) -> Iterator[str]:
+    tmp = tempfile.mkdtemp(prefix="floorfs-")
+    path = os.path.join(tmp, "mnt")
+    os.mkdir(path)
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "floorfs.py"), path,
+                             str(max(0, entries - 2))],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        if proc.stdout.readline().strip() != "ok":
+            raise RuntimeError("floorfs failed to mount")
+        os.stat(os.path.join(path, "value"))
+        yield path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        if is_mounted(path):
+            subprocess.run(["fusermount3", "-u", "-z", path], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class Target:
+    """One mounted filesystem and the paths each operation uses on it."""
+
+    def __init__(self, name: str, file: str, write_file: str, write_data: bytes, dir_: str,
+                 counters: str, device: str, device_ops: tuple[bytes, bytes]) -> None:
+        self.name = name
+        self.file = file
+        self.write_file = write_file
+        self.write_data = write_data
+        self.dir = dir_
+        self.counters = counters
+        self.device = device
+        self.device_ops = device_ops
+
+    def requests(self) -> int:
+        with open(self.counters) as f:
+            return sum(int(line.split()[1]) for line in f)
+
+
+def op_open_read_close(t: Target) -> Callable[[], None]:
+    def run() -> None:
+        fd = os.open(t.file, os.O_RDONLY)
+        os.read(fd, 4096)
+        os.close(fd)
+    return run
+
+
+def op_cat(t: Target) -> Callable[[], None]:
+    def run() -> None:
+        fd = os.open(t.file, os.O_RDONLY)
+        while os.read(fd, 131072):
+            pass
+        os.close(fd)
+    return run
+
+
+def op_stat(t: Target) -> Callable[[], None]:
+    return lambda: os.stat(t.file) and None
+
+
+def op_listdir(t: Target) -> Callable[[], None]:
+    return lambda: os.listdir(t.dir) and None
+
+
+def op_write(t: Target) -> Callable[[], None]:
+    def run() -> None:
+        fd = os.open(t.write_file, os.O_WRONLY)
+        os.write(fd, t.write_data)
+        os.close(fd)
+    return run
+
+
+def op_mkdir_rmdir(t: Target) -> Callable[[], None]:
+    path = os.path.join(t.dir, "bench-x")
+
+    def run() -> None:
+        os.mkdir(path)
+        os.rmdir(path)
+    return run
+
+
+def op_device(t: Target) -> Callable[[], None]:
+    fd = os.open(t.device, os.O_RDWR)
+    create, close = t.device_ops
+
+    def run() -> None:
+        os.write(fd, create)
+        os.read(fd, 4096)
+        os.write(fd, close)
+    return run
+
+
+OPS: dict[str, tuple[Callable[[Target], Callable[[], None]], int, bool]] = {
+    # name: (factory, iterations per timed run, held to the ratio target)
+    "open_read_close": (op_open_read_close, 2000, True),
+    "cat": (op_cat, 2000, True),
+    "stat": (op_stat, 5000, True),
+    "listdir": (op_listdir, 500, True),
+    "limit_write": (op_write, 2000, True),
+    "mkdir_rmdir": (op_mkdir_rmdir, 300, False),
+    "gem_create_close": (op_device, 1000, False),
+}
+
+
+def _batch(fn: Callable[[], None], n: int) -> float:
+    t0 = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - t0) / n * 1e6
+
+
+def measure_pair(a: Callable[[], None], b: Callable[[], None], n: int
+                 ) -> tuple[float, float, float]:
+    """Microseconds per call of ``a`` and ``b`` and the ratio a/b: medians over REPEATS
+    rounds, each timing a batch of ``a`` right after a batch of ``b`` (alternating which
+    goes first), so that both see the same machine load."""
+    a()
+    b()
+    ta, tb, ratios = [], [], []
+    for i in range(REPEATS):
+        if i % 2:
+            x, y = _batch(a, n), _batch(b, n)
+        else:
+            y, x = _batch(b, n), _batch(a, n)
+        ta.append(x)
+        tb.append(y)
+        ratios.append(x / y)
+    return statistics.median(ta), statistics.median(tb), statistics.median(ratios)
+
+
+def count(t: Target, fn: Callable[[], None], n: int = 50) -> float:
+    """FUSE requests per call, as counted by the daemon (the counter read itself removed)."""
+    fn()
+    a = t.requests()
+    b = t.requests()
+    overhead = b - a
+    for _ in range(n):
+        fn()
+    c = t.requests()
+    return round((c - b - overhead) / n, 2)
+
+
+def _client(path: str, seconds: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    end = time.monotonic() + seconds
+    n = 0
+    while time.monotonic() < end:
+        fd = os.open(path, os.O_RDONLY)
+        os.read(fd, 4096)
+        os.close(fd)
+        n += 1
+    out.put(n)
+
+
+def concurrent(t: Target, clients: int = 4, seconds: float = 2.0) -> float:
+    """Total open+read+close per second with ``clients`` processes at once."""
+    queue: multiprocessing.Queue = multiprocessing.Queue()  # type: ignore[type-arg]
+    procs = [multiprocessing.Process(target=_client, args=(t.file, seconds, queue))
+             for _ in range(clients)]
+    for p in procs:
+        p.start()
+    total = sum(queue.get() for _ in procs)
+    for p in procs:
+        p.join()
+    return round(total / seconds)
+
+
+def main() -> int:
+    started = time.monotonic()
+    results: dict[str, object] = {"repeats": REPEATS, "statistic": "median of paired rounds",
+                                  "unit": "microseconds per operation"}
+    with mounted() as m:
+        with open(os.path.join(m.cgroup, "cgroup.subtree_control"), "w") as f:
+            f.write("+dmem")
+        os.mkdir(os.path.join(m.cgroup, "a"))
+        with floor_mount(len(os.listdir(m.cgroup))) as floor:
+            run_all(m, floor, results)
+    results["total_runtime_s"] = round(time.monotonic() - started, 1)
+    print(json.dumps(results, indent=1))
+    return 0
+
+
+def run_all(m: Mounted, floor: str, results: dict[str, object]) -> None:
+    dmemfs = Target(
+        "dmemfs", os.path.join(m.cgroup, "a", "dmem.current"),
+        os.path.join(m.cgroup, "a", "dmem.max"), f"{REGION} 1G".encode(), m.cgroup,
+        os.path.join(m.debug, "requests"), os.path.join(m.dri, "renderD128"),
+        (b"GEM_CREATE size=64K placement=vram0", b"GEM_CLOSE handle=1"),
+    )
+    floor_t = Target("floor", os.path.join(floor, "value"), os.path.join(floor, "value"),
+                     b"x 1", floor, os.path.join(floor, "requests"),
+                     os.path.join(floor, "value"), (b"x", b"y"))
+    per_op: dict[str, dict[str, object]] = {}
+    for name, (factory, n, held) in OPS.items():
+        fn_d = _fresh_handles(dmemfs) if name == "gem_create_close" else factory(dmemfs)
+        fn_f = factory(floor_t)
+        us_d, us_f, ratio = measure_pair(fn_d, fn_f, n)
+        row: dict[str, object] = {
+            "dmemfs_us": round(us_d, 1), "floor_us": round(us_f, 1),
+            "dmemfs_requests": count(dmemfs, fn_d), "floor_requests": count(floor_t, fn_f),
+            "ratio": round(ratio, 2),
+        }
+        if held:
+            row["meets_target"] = ratio <= TARGET_RATIO
+        per_op[name] = row
+    results["operations"] = per_op
+    d4, f4 = concurrent(dmemfs), concurrent(floor_t)
+    results["concurrent_4_clients_open_read_close_per_s"] = {
+        "dmemfs": d4, "floor": f4, "ratio": round(f4 / d4, 2)}
+    cat = per_op["cat"]["dmemfs_requests"]
+    results["cat_requests"] = cat
+    results["cat_requests_target"] = 3
+    results["cat_requests_stretch"] = 2
+    results["target_ratio"] = TARGET_RATIO
+
+
+def _fresh_handles(t: Target) -> Callable[[], None]:
+    """GEM_CREATE + read the reply + GEM_CLOSE of the handle just created."""
+    fd = os.open(t.device, os.O_RDWR)
+
+    def run() -> None:
+        os.write(fd, t.device_ops[0])
+        reply = os.read(fd, 4096)
+        handle = reply.split(b" ", 1)[0]  # b"handle=N"
+        os.write(fd, b"GEM_CLOSE " + handle)
+    return run
+
+
+if __name__ == "__main__":
+    sys.exit(main())
