@@ -8,6 +8,7 @@ import errno
 import os
 import select
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -38,8 +39,6 @@ def check_mountpoint(mountpoint: str) -> None:
                 f"clean it with: dmemfs umount {mountpoint}"
             ) from None
         raise UserError(f"mountpoint {mountpoint}: {e.strerror}") from None
-    import stat
-
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(f"mountpoint {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
@@ -69,6 +68,8 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         argv.append("--debug")
     if args.selftest:
         argv.append("--selftest")
+    if args.page_cache:
+        argv.append("--page-cache")
     return argv
 
 
@@ -143,6 +144,7 @@ def _mount_foreground(
         allow_other=args.allow_other,
         debug=args.debug,
         selftest=args.selftest,
+        page_cache=args.page_cache,
     )
     try:
         run(options, ready=lambda: report("ok"))

@@ -40,13 +40,15 @@ class MountOptions:
     debug: bool = False
     #: Emulate the kernel's dmem_selftest module (its region is registered first).
     selftest: bool = False
+    #: Serve read-only opens through the page cache (real sizes; fewer requests).
+    page_cache: bool = False
 
 
 def build(options: MountOptions) -> Operations:
     """Engine, host processes and the FUSE operations, with the devices registered."""
     tree = CgroupTree(options.profile)
     host = HostProcesses(tree)
-    ops = Operations(tree, host)
+    ops = Operations(tree, host, page_cache=options.page_cache)
     if options.selftest:
         _add_selftest(ops, DmemSelftest(tree))
     devices = [Device(config, minor, tree) for minor, config in enumerate(options.devices)]

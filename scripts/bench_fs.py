@@ -211,6 +211,8 @@ def main() -> int:
         os.mkdir(os.path.join(m.cgroup, "a"))
         with floor_mount(len(os.listdir(m.cgroup))) as floor:
             run_all(m, floor, results)
+            with mounted(["--page-cache"]) as pc:
+                results["page_cache_mode"] = run_page_cache(pc, floor)
     results["total_runtime_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(results, indent=1))
     return 0
@@ -248,6 +250,23 @@ def run_all(m: Mounted, floor: str, results: dict[str, object]) -> None:
     results["cat_requests_target"] = 3
     results["cat_requests_stretch"] = 2
     results["target_ratio"] = TARGET_RATIO
+
+
+def run_page_cache(m: Mounted, floor: str) -> dict[str, object]:
+    """The read operations again on a --page-cache mount (same floor)."""
+    d = Target("dmemfs", os.path.join(m.cgroup, "dmem.current"), "", b"", m.cgroup,
+               os.path.join(m.debug, "requests"), "", (b"", b""))
+    f = Target("floor", os.path.join(floor, "value"), "", b"", floor,
+               os.path.join(floor, "requests"), "", (b"", b""))
+    out: dict[str, object] = {}
+    for name in ("open_read_close", "cat", "stat"):
+        factory, n, _ = OPS[name]
+        fn_d, fn_f = factory(d), factory(f)
+        us_d, us_f, ratio = measure_pair(fn_d, fn_f, n)
+        out[name] = {"dmemfs_us": round(us_d, 1), "floor_us": round(us_f, 1),
+                     "ratio": round(ratio, 2), "dmemfs_requests": count(d, fn_d),
+                     "floor_requests": count(f, fn_f)}
+    return out
 
 
 def _fresh_handles(t: Target) -> Callable[[], None]:

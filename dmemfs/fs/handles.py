@@ -79,7 +79,7 @@ class Handle:
 
 
 #: Core files whose content depends on process liveness: dead members are pruned first.
-_PROCESS_FILES = frozenset(
+PROCESS_FILES = frozenset(
     {"cgroup.procs", "cgroup.threads", "cgroup.events", "cgroup.kill", "cgroup.subtree_control"}
 )
 
@@ -98,7 +98,7 @@ class CgroupFileHandle(Handle):
     def _check(self) -> None:
         if self.node.gone:
             raise NoDevice(f"{self.node.cgroup.path} was removed")
-        if self.row.name in _PROCESS_FILES:
+        if self.row.name in PROCESS_FILES:
             self.opener.host.refresh()
             self.opener.host.prune(self.node.cgroup)
 
@@ -110,6 +110,18 @@ class CgroupFileHandle(Handle):
         if 0 < len(data) <= MAX_WRITE:
             self._check()
         return write_file(self.opener.host.tree, self.node.cgroup, self.row, data, self.opener)
+
+
+class CachedFileHandle(CgroupFileHandle):
+    """A read-only open served through the page cache (``--page-cache``): what a read
+    request returns is what the kernel now caches."""
+
+    __slots__ = ()
+
+    def read(self, off: int, size: int) -> bytes:
+        data = super().read(off, size)
+        self.node.shown = self.buf
+        return data
 
 
 class TextHandle(Handle):

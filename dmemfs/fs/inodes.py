@@ -73,12 +73,14 @@ class RootCgroupDir(CgroupDir):
 
 
 class CgroupFileNode(Node):
-    __slots__ = ("cgroup", "row")
+    __slots__ = ("cgroup", "row", "shown")
 
     def __init__(self, cgroup: Cgroup, row: CgroupFile) -> None:
         super().__init__()
         self.cgroup = cgroup
         self.row = row
+        #: With --page-cache: the content the kernel's page cache holds (None: unknown).
+        self.shown: bytes | None = None
 
     @property
     def gone(self) -> bool:

@@ -14,9 +14,15 @@ import pyfuse3
 import trio
 
 from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree, Creds
-from dmemfs.engine.files import FILES, files_of, lookup_file
+from dmemfs.engine.files import FILES, files_of, lookup_file, read_file
 from dmemfs.errors import DmemError
-from dmemfs.fs.handles import CgroupFileHandle, Handle, Opener
+from dmemfs.fs.handles import (
+    PROCESS_FILES,
+    CachedFileHandle,
+    CgroupFileHandle,
+    Handle,
+    Opener,
+)
 from dmemfs.fs.inodes import (
     ROOT_INODE,
     CgroupDir,
@@ -76,6 +82,10 @@ def _name(name: bytes) -> str:
 CONTROLLER_FILES = [row for row in FILES if row.controller is not None]
 
 
+def _same(node: Node) -> Node:
+    return node
+
+
 def _invalidate(entries: list[tuple[int, bytes]], attrs: list[int]) -> None:
     for parent, name in entries:
         try:
@@ -104,10 +114,15 @@ class Operations(pyfuse3.Operations):
     enable_writeback_cache = False
     enable_acl = False
 
-    def __init__(self, tree: CgroupTree, host: HostProcesses) -> None:
+    def __init__(self, tree: CgroupTree, host: HostProcesses, *, page_cache: bool = False
+                 ) -> None:
         super().__init__()
         self.tree = tree
         self.host = host
+        #: Serve read-only opens of generated files through the page cache (see README).
+        self.page_cache = page_cache
+        #: Nodes with open page-cache handles, and how many.
+        self._cached_open: dict[CgroupFileNode, int] = {}
         self.root = StaticDir(None)
         self.inodes = InodeTable(tree, self.root)
         self.inodes.add(self.root, ROOT_INODE)
@@ -148,7 +163,47 @@ class Operations(pyfuse3.Operations):
         return node
 
     def _reply(self, node: Node) -> pyfuse3.EntryAttributes:
-        return self.inodes.entry(node, TIMEOUT)
+        entry = self.inodes.entry(node, TIMEOUT)
+        if isinstance(node, CgroupFileNode) and self._cacheable(node):
+            entry.st_size = len(self._render(node) or b"")
+        return entry
+
+    # -- --page-cache --------------------------------------------------------------------
+
+    def _cacheable(self, node: CgroupFileNode) -> bool:
+        return (self.page_cache and node.row.show is not None
+                and node.row.name not in PROCESS_FILES)
+
+    def _render(self, node: CgroupFileNode) -> bytes | None:
+        try:
+            return read_file(self.tree, node.cgroup, node.row)
+        except DmemError:
+            return None
+
+    def _open_cached(self, node: CgroupFileNode) -> None:
+        """Before a read-only open returns: put the current content in the page cache, and
+        make the kernel fetch the size again if it changed."""
+        content = self._render(node) or b""
+        if content == node.shown:
+            return
+        try:
+            if node.shown is None or len(content) != len(node.shown):
+                pyfuse3.invalidate_inode(node.ino, attr_only=False)
+            pyfuse3.notify_store(node.ino, 0, content)
+        except OSError:
+            pass  # the kernel dropped the inode meanwhile; it will ask again
+        node.shown = content
+
+    def _changed(self) -> None:
+        """After a request that may have changed engine state: drop what the page cache
+        holds of open files whose content is no longer what it shows."""
+        for node in self._cached_open:
+            if node.shown is not None and self._render(node) != node.shown:
+                node.shown = None
+                try:
+                    pyfuse3.invalidate_inode(node.ino, attr_only=False)
+                except OSError:
+                    pass
 
     def _child(self, parent: Node, name: str) -> Node | None:
         """The node named ``name`` in directory ``parent`` (created on demand), or None."""
@@ -180,7 +235,7 @@ class Operations(pyfuse3.Operations):
     def _entries(self, node: Node) -> list[tuple[str, Callable[[], Node]]]:
         """A snapshot of a directory's entries; nodes are made when they are listed."""
         if isinstance(node, StaticDir):
-            return [(name, functools.partial(lambda n: n, n)) for name, n in node.children.items()]
+            return [(name, functools.partial(_same, n)) for name, n in node.children.items()]
         if isinstance(node, CgroupDir):
             cg = node.cgroup
             if cg.dying:
@@ -322,6 +377,8 @@ class Operations(pyfuse3.Operations):
         parent = self._cgroup_dir(parent_inode)
         creds = Creds(ctx.uid, ctx.gid)
         child = self.tree.mkdir(parent, _name(name), creds, mode & 0o7777 & ~ctx.umask)
+        if self._cached_open:
+            self._changed()
         node = self.inodes.cgroup_dir(child)
         node.lookups += 1
         return self._reply(node)
@@ -343,6 +400,8 @@ class Operations(pyfuse3.Operations):
         self.host.refresh()
         self.host.prune(child)
         self.tree.rmdir(child)
+        if self._cached_open:
+            self._changed()
 
     @fuse_errors
     async def rename(
@@ -408,6 +467,11 @@ class Operations(pyfuse3.Operations):
                 raise _err(errno.EACCES)
             if wants_write and (node.row.write is None or not mode & 0o222):
                 raise _err(errno.EACCES)
+            if not wants_write and self._cacheable(node):
+                self._open_cached(node)
+                self._cached_open[node] = self._cached_open.get(node, 0) + 1
+                fh = self._new_fh(CachedFileHandle(opener, node))
+                return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
             handle = CgroupFileHandle(opener, node)
         elif isinstance(node, SpecialFile):
             handle = node.open_handle(opener, flags)
@@ -422,7 +486,11 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
-        written = handle.write(buf)
+        try:
+            written = handle.write(buf)
+        finally:
+            if self._cached_open:
+                self._changed()
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
         return written
@@ -454,8 +522,15 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def release(self, fh: int) -> None:
         handle = self._handles.pop(fh, None)
-        if handle is not None:
-            handle.release()
+        if handle is None:
+            return
+        handle.release()
+        if isinstance(handle, CachedFileHandle):
+            n = self._cached_open.pop(handle.node, 1) - 1
+            if n:
+                self._cached_open[handle.node] = n
+        elif self._cached_open:
+            self._changed()  # closing a device file frees its buffers
 
     # -- extended attributes (user.* on cgroup directories) ------------------------------
 

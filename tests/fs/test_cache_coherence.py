@@ -71,12 +71,25 @@ def check_path(mnt: Mounted, engine: Engine, rel: str) -> None:
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_random_changes_never_read_stale(mnt: Mounted, seed: int) -> None:
+    run_random_changes(mnt, seed)
+
+
+@pytest.mark.dmemfs_args("--page-cache")
+@pytest.mark.parametrize("seed", [4, 5])
+def test_random_changes_never_read_stale_with_page_cache(mnt: Mounted, seed: int) -> None:
+    run_random_changes(mnt, seed)
+
+
+def run_random_changes(mnt: Mounted, seed: int) -> None:
     rng = random.Random(seed)
     engine = Engine(mnt)
     gpu = XeDevice(os.path.join(mnt.dri, "renderD128"))
     dirs = [""]
     handles: list[int] = []
     seen: set[str] = {""}
+    # Files held open the whole time and re-read with pread(0), as monitoring agents do.
+    held = {rel: os.open(os.path.join(mnt.cgroup, rel), os.O_RDONLY)
+            for rel in ("dmem.current", "cgroup.stat", "cgroup.subtree_control")}
     try:
         for _step in range(120):
             cg = rng.choice(dirs)
@@ -117,6 +130,8 @@ def test_random_changes_never_read_stale(mnt: Mounted, seed: int) -> None:
                     gpu.gem_close(handles.pop(rng.randrange(len(handles))))
                 elif action == "read":
                     mnt.read(os.path.join(cg, "dmem.current"))
+            for rel, fd in held.items():
+                assert os.pread(fd, 65536, 0).decode("latin-1") == engine.ask(f"read {rel}")
             # Everything the test ever created, still there or not, and its files.
             for rel in sorted(seen):
                 check_path(mnt, engine, rel)
@@ -125,6 +140,8 @@ def test_random_changes_never_read_stale(mnt: Mounted, seed: int) -> None:
                              "cgroup.procs"):
                     check_path(mnt, engine, os.path.join(rel, name))
     finally:
+        for fd in held.values():
+            os.close(fd)
         mnt.write("cgroup.procs", str(os.getpid()))
         gpu.close()
         engine.close()
