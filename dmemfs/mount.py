@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import functools
 import logging
-import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,11 +19,10 @@ from dmemfs.device.selftest import DmemSelftest
 from dmemfs.device.xe import Device
 from dmemfs.engine.cgroup import Attr, CgroupTree
 from dmemfs.engine.dmem import DmemCss
-from dmemfs.engine.files import files_of, lookup_file, read_file
-from dmemfs.errors import DmemError, InvalidArgument
-from dmemfs.fs.handles import CommandHandle, DeviceHandle, Opener, QueryHandle, TextHandle
+from dmemfs.fs.debug import add_debug_files
+from dmemfs.fs.handles import CommandHandle, DeviceHandle, Opener, TextHandle
 from dmemfs.fs.inodes import SpecialFile
-from dmemfs.fs.operations import REQUESTS, Operations
+from dmemfs.fs.operations import Operations
 from dmemfs.procs import HostProcesses
 from dmemfs.profile import Profile, get_profile
 
@@ -54,7 +52,7 @@ def build(options: MountOptions) -> Operations:
     devices = [Device(config, minor, tree) for minor, config in enumerate(options.devices)]
     for device in devices:
         _add_device(ops, device)
-    _add_debug_files(ops, options)
+    add_debug_files(ops, options.profile, options.mountpoint)
     return ops
 
 
@@ -92,62 +90,6 @@ def _add_device(ops: Operations, device: Device) -> None:
 
 def _text_handle(render: Callable[[], str], opener: Opener, flags: int) -> TextHandle:
     return TextHandle(opener, render)
-
-
-def _add_debug_files(ops: Operations, options: MountOptions) -> None:
-    def daemon_info() -> str:
-        p = options.profile
-        return (
-            f"pid {os.getpid()}\nprofile {p.name}\npinning {p.pinning}\n"
-            f"mountpoint {os.path.abspath(options.mountpoint)}\n"
-        )
-
-    def pid_cgroup(opener: Opener, text: str) -> str:
-        try:
-            pid = int(text.strip())
-        except ValueError:
-            raise InvalidArgument(f"not a pid: {text.strip()!r}") from None
-        cgroup = ops.host.cgroup_of(pid)
-        return f"0::{cgroup.path}\n"
-
-    def inspect(opener: Opener, text: str) -> str:
-        """The engine's own answer for a cgroup path, bypassing every kernel cache:
-        ``stat PATH`` (type, mode, owner), ``list PATH`` (entries), ``read PATH``."""
-        verb, _, rel = text.strip().partition(" ")
-        *dirs, last = ["", *[p for p in rel.split("/") if p]]
-        try:
-            parent = ops.tree.lookup("/".join(dirs))
-        except DmemError:
-            return "missing\n"
-        child = parent.children.get(last) if last else parent
-        row = lookup_file(ops.tree, parent, last) if last else None
-        if verb == "stat":
-            if child is not None:
-                a = child.attr
-                return f"dir mode={a.mode:o} uid={a.uid} gid={a.gid}\n"
-            if row is not None:
-                a = ops.tree.file_attr(parent, last)
-                return f"file mode={a.mode:o} uid={a.uid} gid={a.gid}\n"
-            return "missing\n"
-        if verb == "list" and child is not None:
-            names = [r.name for r in files_of(ops.tree, child)] + list(child.children)
-            return "".join(f"{n}\n" for n in sorted(names))
-        if verb == "read" and row is not None:
-            return read_file(ops.tree, parent, row).decode("latin-1")
-        raise InvalidArgument(f"inspect: cannot {verb!r} {rel!r}")
-
-    def requests() -> str:
-        return "".join(f"{name} {n}\n" for name, n in sorted(REQUESTS.items()))
-
-    ro = Attr(0, 0, 0o444)
-    ops.add_file(ops.debug, "daemon", SpecialFile(ro, lambda o, f: TextHandle(o, daemon_info)))
-    ops.add_file(ops.debug, "requests", SpecialFile(ro, lambda o, f: TextHandle(o, requests)))
-    ops.add_file(ops.debug, "inspect",
-                 SpecialFile(Attr(0, 0, 0o600), lambda o, f: QueryHandle(o, inspect)))
-    ops.add_file(
-        ops.debug, "pid-cgroup",
-        SpecialFile(Attr(0, 0, 0o666), lambda o, f: QueryHandle(o, pid_cgroup)),
-    )
 
 
 def fuse_options(options: MountOptions) -> set[str]:
