@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="pinning RFC behaviour (default: intended)")
     m.add_argument("--selftest", action="store_true",
                    help="emulate the kernel's dmem_selftest module (debug/dmem_selftest/)")
+    m.add_argument("--state", metavar="FILE",
+                   help="save the configuration (cgroups, limits, owners, modes) to FILE and "
+                   "restore it at mount")
     m.add_argument("--page-cache", action="store_true",
                    help="serve reads through the page cache: files report their real size "
                    "and a cat costs 2-3 requests instead of 4")

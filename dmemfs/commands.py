@@ -70,6 +70,8 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         argv.append("--selftest")
     if args.page_cache:
         argv.append("--page-cache")
+    if args.state:
+        argv += ["--state", os.path.abspath(args.state)]
     return argv
 
 
@@ -145,6 +147,7 @@ def _mount_foreground(
         debug=args.debug,
         selftest=args.selftest,
         page_cache=args.page_cache,
+        state=os.path.abspath(args.state) if args.state else None,
     )
     try:
         run(options, ready=lambda: report("ok"))

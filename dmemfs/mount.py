@@ -25,6 +25,7 @@ from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import Operations
 from dmemfs.procs import HostProcesses
 from dmemfs.profile import Profile, get_profile
+from dmemfs.state import StateError, StateKeeper, load
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,8 @@ class MountOptions:
     selftest: bool = False
     #: Serve read-only opens through the page cache (real sizes; fewer requests).
     page_cache: bool = False
+    #: Save the configuration here and restore it at mount.
+    state: str | None = None
 
 
 def build(options: MountOptions) -> Operations:
@@ -104,8 +107,10 @@ def fuse_options(options: MountOptions) -> set[str]:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def _serve(early: list[int]) -> None:
+async def _serve(early: list[int], keeper: StateKeeper | None) -> None:
     async with trio.open_nursery() as nursery:
+        if keeper is not None:
+            nursery.start_soon(keeper.run)
 
         async def stop_on_signal(task_status: trio.TaskStatus[None]) -> None:
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -123,6 +128,15 @@ async def _serve(early: list[int]) -> None:
 def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
     """Mount, call ``ready`` once the kernel has the mount, serve until unmounted or signalled."""
     ops = build(options)
+    keeper = None
+    if options.state:
+        keeper = StateKeeper(options.state, ops.tree)
+        try:
+            if load(options.state, ops.tree):
+                log.info("restored the configuration from %s", options.state)
+        except StateError as e:
+            raise OSError(errno.EINVAL, str(e)) from None
+        ops.config_changed = keeper.changed
     try:
         pyfuse3.init(ops, options.mountpoint, fuse_options(options))
     except RuntimeError as e:
@@ -132,9 +146,11 @@ def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None
                 for s in STOP_SIGNALS}
     try:
         ready()
-        trio.run(_serve, early)
+        trio.run(_serve, early, keeper)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+        if keeper is not None:
+            keeper.flush()
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", options.mountpoint)

@@ -123,6 +123,8 @@ class Operations(pyfuse3.Operations):
         self.page_cache = page_cache
         #: Nodes with open page-cache handles, and how many.
         self._cached_open: dict[CgroupFileNode, int] = {}
+        #: Called after a request that may have changed the configuration (--state).
+        self.config_changed: Callable[[], None] = lambda: None
         self.root = StaticDir(None)
         self.inodes = InodeTable(tree, self.root)
         self.inodes.add(self.root, ROOT_INODE)
@@ -317,6 +319,7 @@ class Operations(pyfuse3.Operations):
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
         if uid is not None or gid is not None or mode is not None:
             self._set_attr(node, uid, gid, mode)
+            self.config_changed()
         # Truncation (O_TRUNC, truncate(1)) and time updates are accepted and ignored.
         return self._reply(node)
 
@@ -379,6 +382,7 @@ class Operations(pyfuse3.Operations):
         child = self.tree.mkdir(parent, _name(name), creds, mode & 0o7777 & ~ctx.umask)
         if self._cached_open:
             self._changed()
+        self.config_changed()
         node = self.inodes.cgroup_dir(child)
         node.lookups += 1
         return self._reply(node)
@@ -400,6 +404,7 @@ class Operations(pyfuse3.Operations):
         self.host.refresh()
         self.host.prune(child)
         self.tree.rmdir(child)
+        self.config_changed()
         if self._cached_open:
             self._changed()
 
@@ -491,8 +496,10 @@ class Operations(pyfuse3.Operations):
         finally:
             if self._cached_open:
                 self._changed()
-        if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
-            await self._controller_files_changed(handle.node.cgroup)
+        if isinstance(handle, CgroupFileHandle):
+            self.config_changed()
+            if handle.row.name == "cgroup.subtree_control":
+                await self._controller_files_changed(handle.node.cgroup)
         return written
 
     async def _controller_files_changed(self, cgroup: Cgroup) -> None:
@@ -560,6 +567,7 @@ class Operations(pyfuse3.Operations):
         if len(xattrs) > MAX_XATTRS or sum(len(v) for v in xattrs.values()) > MAX_XATTR_BYTES:
             raise _err(errno.ENOSPC)
         cg.xattrs = xattrs
+        self.config_changed()
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -574,6 +582,7 @@ class Operations(pyfuse3.Operations):
         if not cg.xattrs or _name(name) not in cg.xattrs:
             raise _err(pyfuse3.ENOATTR)
         del cg.xattrs[_name(name)]
+        self.config_changed()
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
