@@ -231,7 +231,7 @@ class CgroupTree:
     def mkdir(
         self, parent: Cgroup, name: str, creds: Creds = ROOT_CREDS, mode: int = 0o755
     ) -> Cgroup:
-        if name in parent.children or self.is_interface_name(parent, name):
+        if name in parent.children or self.is_interface_name(name):
             raise Exists(f"{name!r} exists in {parent.path}")
         if "\n" in name:
             raise InvalidArgument("cgroup names cannot contain a newline")
@@ -250,7 +250,7 @@ class CgroupTree:
             self._dmem_online(child, creds)
         return child
 
-    def is_interface_name(self, cgroup: Cgroup, name: str) -> bool:
+    def is_interface_name(self, name: str) -> bool:
         """Names an interface file could take; refused for directories (see README)."""
         from dmemfs.engine.files import FILE_NAMES
 

@@ -100,13 +100,12 @@ class SpecialFile(Node):
 
 
 class InodeTable:
-    def __init__(self, tree: CgroupTree, cgroup_root_parent: StaticDir) -> None:
+    def __init__(self, tree: CgroupTree) -> None:
         self.tree = tree
         self._nodes: dict[int, Node] = {}
         self._cgroup_dirs: dict[Cgroup, CgroupDir] = {}
         self._cgroup_files: dict[tuple[Cgroup, str], CgroupFileNode] = {}
         self._next = ROOT_INODE + 1
-        self.cgroup_root_parent = cgroup_root_parent
 
     def __len__(self) -> int:
         return len(self._nodes)

@@ -126,7 +126,7 @@ class Operations(pyfuse3.Operations):
         #: Called after a request that may have changed the configuration (--state).
         self.config_changed: Callable[[], None] = lambda: None
         self.root = StaticDir(None)
-        self.inodes = InodeTable(tree, self.root)
+        self.inodes = InodeTable(tree)
         self.inodes.add(self.root, ROOT_INODE)
         self.cgroup_root = self.inodes.cgroup_dir(tree.root)
         self.root.children["cgroup"] = self.cgroup_root
@@ -196,9 +196,16 @@ class Operations(pyfuse3.Operations):
             pass  # the kernel dropped the inode meanwhile; it will ask again
         node.shown = content
 
-    def _changed(self) -> None:
-        """After a request that may have changed engine state: drop what the page cache
-        holds of open files whose content is no longer what it shows."""
+    def _after_change(self, *, config: bool = True) -> None:
+        """After a request that may have changed the engine: refresh what the page cache
+        holds of open files, and (``config``) tell --state the configuration may differ."""
+        if self._cached_open:
+            self._refresh_cached()
+        if config:
+            self.config_changed()
+
+    def _refresh_cached(self) -> None:
+        """Drop the cached pages of open files whose content is no longer what they show."""
         for node in self._cached_open:
             if node.shown is not None and self._render(node) != node.shown:
                 node.shown = None
@@ -319,7 +326,7 @@ class Operations(pyfuse3.Operations):
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
         if uid is not None or gid is not None or mode is not None:
             self._set_attr(node, uid, gid, mode)
-            self.config_changed()
+            self._after_change()
         # Truncation (O_TRUNC, truncate(1)) and time updates are accepted and ignored.
         return self._reply(node)
 
@@ -380,9 +387,7 @@ class Operations(pyfuse3.Operations):
         parent = self._cgroup_dir(parent_inode)
         creds = Creds(ctx.uid, ctx.gid)
         child = self.tree.mkdir(parent, _name(name), creds, mode & 0o7777 & ~ctx.umask)
-        if self._cached_open:
-            self._changed()
-        self.config_changed()
+        self._after_change()
         node = self.inodes.cgroup_dir(child)
         node.lookups += 1
         return self._reply(node)
@@ -404,9 +409,7 @@ class Operations(pyfuse3.Operations):
         self.host.refresh()
         self.host.prune(child)
         self.tree.rmdir(child)
-        self.config_changed()
-        if self._cached_open:
-            self._changed()
+        self._after_change()
 
     @fuse_errors
     async def rename(
@@ -494,12 +497,11 @@ class Operations(pyfuse3.Operations):
         try:
             written = handle.write(buf)
         finally:
-            if self._cached_open:
-                self._changed()
-        if isinstance(handle, CgroupFileHandle):
-            self.config_changed()
-            if handle.row.name == "cgroup.subtree_control":
-                await self._controller_files_changed(handle.node.cgroup)
+            # Even a failed write may have changed something (6.14 applies lines up to the
+            # first bad one). Device ioctls change usage, not configuration.
+            self._after_change(config=isinstance(handle, CgroupFileHandle))
+        if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
+            await self._controller_files_changed(handle.node.cgroup)
         return written
 
     async def _controller_files_changed(self, cgroup: Cgroup) -> None:
@@ -536,8 +538,8 @@ class Operations(pyfuse3.Operations):
             n = self._cached_open.pop(handle.node, 1) - 1
             if n:
                 self._cached_open[handle.node] = n
-        elif self._cached_open:
-            self._changed()  # closing a device file frees its buffers
+        else:
+            self._after_change(config=False)  # closing a device file frees its buffers
 
     # -- extended attributes (user.* on cgroup directories) ------------------------------
 
@@ -567,7 +569,7 @@ class Operations(pyfuse3.Operations):
         if len(xattrs) > MAX_XATTRS or sum(len(v) for v in xattrs.values()) > MAX_XATTR_BYTES:
             raise _err(errno.ENOSPC)
         cg.xattrs = xattrs
-        self.config_changed()
+        self._after_change()
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -582,7 +584,7 @@ class Operations(pyfuse3.Operations):
         if not cg.xattrs or _name(name) not in cg.xattrs:
             raise _err(pyfuse3.ENOATTR)
         del cg.xattrs[_name(name)]
-        self.config_changed()
+        self._after_change()
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
