@@ -64,7 +64,7 @@ def _caller_css(ops: Operations, opener: Opener) -> DmemCss:
 
     The opener was resolved once; every later move of it went through the engine.
     """
-    return ops.tree.dmem_css_of(ops.tree.cgroup_of(opener.pid))
+    return ops.tree.dmem_css_of(ops.tree.cgroup_of(opener.caller_pid()))
 
 
 def _add_selftest(ops: Operations, selftest: DmemSelftest) -> None:

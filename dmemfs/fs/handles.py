@@ -46,6 +46,13 @@ class Opener:
             self._creds = creds_of(self.tid, self.uid, self.gid)
         return self._creds
 
+    def caller_pid(self) -> int:
+        """The process making a call on this open file (a device ioctl, a selftest charge).
+
+        FUSE does not say who calls ``write``; the opener stands in for the caller.
+        """
+        return self.pid
+
     def resolve_pid(self, pid: int) -> int:
         return self.host.resolve(pid)
 
