@@ -17,6 +17,7 @@ from dmemfs.device.config import (
     load_config,
     parse_device_spec,
 )
+from dmemfs.profile import PINNING_MODES, PROFILE_CHOICES
 
 
 class UserError(Exception):
@@ -44,10 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--device", action="append", default=[], metavar="SPEC",
                    help="xe,pci=0000:03:00.0,vram0=16G[,vram1=16G][,system=64G]; repeatable")
     m.add_argument("--config", metavar="FILE", help="TOML file with [[device]] tables")
-    m.add_argument("--profile", choices=["latest", "6.14"], default="latest",
-                   help="emulated kernel (default: latest)")
-    m.add_argument("--pinning", choices=["intended", "posted"], default="intended",
-                   help="pinning RFC behaviour (default: intended)")
+    m.add_argument("--profile", choices=PROFILE_CHOICES, default="latest",
+                   help="emulated kernel: 7.3 (= latest, the default) or 6.14 (Linux 6.14 "
+                   "through 7.2)")
+    m.add_argument("--pinning", choices=PINNING_MODES, default="intended",
+                   help="the pinned-device-memory RFC: off (mainline), intended (default) or "
+                   "posted (the series exactly as posted)")
     m.add_argument("--selftest", action="store_true",
                    help="emulate the kernel's dmem_selftest module (debug/dmem_selftest/)")
     m.add_argument("--state", metavar="FILE",

@@ -86,3 +86,22 @@ class ChargeLimited(TryAgain):
     def __init__(self, limit_pool: object, message: str = "") -> None:
         super().__init__(message or "dmem limit reached")
         self.limit_pool = limit_pool
+
+
+_BY_ERRNO: dict[int, type[DmemError]] = {}
+
+
+def error_for(code: int, message: str = "") -> DmemError:
+    """The :class:`DmemError` for an errno (a kernel function's ``-ret``)."""
+    if not _BY_ERRNO:
+        stack: list[type[DmemError]] = [DmemError]
+        while stack:
+            cls = stack.pop()
+            _BY_ERRNO.setdefault(cls.errno, cls)
+            stack.extend(cls.__subclasses__())
+    found = _BY_ERRNO.get(code)
+    if found is None:
+        err = DmemError(message or _errno.errorcode.get(code, "error"))
+        err.errno = code
+        return err
+    return found(message)

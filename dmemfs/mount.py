@@ -18,9 +18,8 @@ from dmemfs.device.protocol import Session
 from dmemfs.device.selftest import DmemSelftest
 from dmemfs.device.xe import Device
 from dmemfs.engine.cgroup import Attr, CgroupTree
-from dmemfs.engine.dmem import DmemCss
 from dmemfs.fs.debug import add_debug_files
-from dmemfs.fs.handles import CommandHandle, DeviceHandle, Opener, TextHandle
+from dmemfs.fs.handles import Call, CommandHandle, DeviceHandle, Opener, TextHandle
 from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import Operations
 from dmemfs.procs import HostProcesses
@@ -59,36 +58,33 @@ def build(options: MountOptions) -> Operations:
     return ops
 
 
-def _caller_css(ops: Operations, opener: Opener) -> DmemCss:
-    """The dmem css of the opener at the time of a call (it may have moved since open).
-
-    The opener was resolved once; every later move of it went through the engine.
-    """
-    return ops.tree.dmem_css_of(ops.tree.cgroup_of(opener.caller_pid()))
-
-
 def _add_selftest(ops: Operations, selftest: DmemSelftest) -> None:
     directory = ops.add_dir(ops.debug, "dmem_selftest")
     wo = Attr(0, 0, 0o200)
-    ops.add_file(directory, "charge", SpecialFile(wo, lambda o, f: CommandHandle(
-        o, lambda opener, data: selftest.charge(_caller_css(ops, opener), data))))
+    tree = ops.tree
+
+    def charge(call: Call, data: bytes) -> None:
+        # dmem_cgroup_try_charge charges the calling task's cgroup (``current``).
+        selftest.charge(tree.dmem_css_of(tree.cgroup_of(call.pid)), data)
+
+    ops.add_file(directory, "charge", SpecialFile(wo, lambda o, f: CommandHandle(o, charge)))
     ops.add_file(directory, "uncharge", SpecialFile(wo, lambda o, f: CommandHandle(
-        o, lambda opener, data: selftest.uncharge(data))))
+        o, lambda call, data: selftest.uncharge(data))))
 
 
 def _add_device(ops: Operations, device: Device) -> None:
     def open_device(opener: Opener, flags: int) -> DeviceHandle:
-        return DeviceHandle(opener, Session(device, opener.pid,
-                                            functools.partial(_caller_css, ops, opener)))
+        return DeviceHandle(opener, Session(device, opener.pid, opener.uid))
 
     ops.add_file(ops.dri, device.node_name, SpecialFile(Attr(0, 0, 0o666), open_device))
     debug = ops.add_dir(ops.add_dir_once(ops.debug, "dri"), device.pci)
     ro = Attr(0, 0, 0o444)
-    for name, render in (("regions", views.regions), ("bos", views.bos),
-                         ("evictions", views.evictions),
+    for name, render in (("regions", views.regions), ("evictions", views.evictions),
                          ("eviction_counts", views.eviction_counts)):
         text = functools.partial(render, device)
         ops.add_file(debug, name, SpecialFile(ro, functools.partial(_text_handle, text)))
+    ops.add_file(debug, "bos", SpecialFile(ro, lambda o, f: TextHandle(
+        o, lambda: views.bos(device, o.uid))))
 
 
 def _text_handle(render: Callable[[], str], opener: Opener, flags: int) -> TextHandle:

@@ -2,7 +2,7 @@
 
 Everything dmemfs does differently depending on the kernel version it emulates, and every
 deliberate choice where the kernel and the pinning RFC leave room, is named here so a reader
-can see what is emulated.
+can see what is emulated. docs/kernel-model.md gives each rule with its kernel source.
 """
 
 from __future__ import annotations
@@ -24,26 +24,40 @@ MAX_WRITE = PAGE_SIZE
 #: only; listing controllers whose files do not exist would mislead tools (a deviation).
 CONTROLLERS: tuple[str, ...] = ("dmem",)
 
-PinningMode = Literal["intended", "posted"]
-ProfileName = Literal["latest", "6.14"]
+#: The pinning RFC ("[RFC 0/3] cgroups: Add support for pinned device memory", Aug 2025):
+#: ``off`` is mainline (no ``dmem.pinned``, no PINNED flag); ``intended`` (default) skips the
+#: root level in try_pin, whose min is always 0; ``posted`` is the series exactly as posted,
+#: where that root check makes every pin fail.
+PinningMode = Literal["off", "intended", "posted"]
+PINNING_MODES: tuple[PinningMode, ...] = ("off", "intended", "posted")
+ProfileName = Literal["6.14", "7.3"]
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """One emulated kernel version of the dmem controller and the RFC pinning extension."""
+    """One emulated kernel version of the dmem controller, TTM and xe, plus the pinning mode."""
 
     name: ProfileName
-    #: 2026 tip: one ``region value`` per limit write. 6.14: multi-line, applied in order up to
-    #: the first bad line (earlier lines stay applied).
+    #: 7.3: one ``region value`` per limit write (a whitespace-only write is EINVAL).
+    #: 6.14: multi-line, applied in order up to the first bad line (earlier lines stay).
     single_region_write: bool
-    #: ``dmem.peak`` exists (2026 tip only).
+    #: ``dmem.peak`` exists (7.3).
     has_peak: bool
-    #: ``intended`` (default): try_pin does not check the root pool, whose min is always 0.
-    #: ``posted``: exactly the RFC as posted, where the root level makes every pin fail.
+    #: 7.3: writing ``dmem.max`` below usage stores it and reclaims (unless O_NONBLOCK).
+    #: 6.14: such a write is silently ignored (page_counter_set_max's -EBUSY is dropped).
+    reclaim_on_max: bool
+    #: 7.3 TTM: charge before allocating, protected allocators may evict in the first pass,
+    #: victims judged against the common ancestor with the allocator. 6.14: protection is
+    #: evaluated against the root and a failed charge inside the eviction walk ends it.
+    protection_aware_eviction: bool
     pinning: PinningMode = "intended"
     #: Effective-protection products are computed in u64 and wrap like the kernel's (default);
     #: ``False`` computes them with unbounded integers.
     wrap_u64: bool = True
+
+    @property
+    def has_pinning(self) -> bool:
+        return self.pinning != "off"
 
     def with_options(
         self, *, pinning: PinningMode | None = None, wrap_u64: bool | None = None
@@ -55,9 +69,14 @@ class Profile:
         )
 
 
-LATEST = Profile(name="latest", single_region_write=True, has_peak=True)
-V6_14 = Profile(name="6.14", single_region_write=False, has_peak=False)
-PROFILES: dict[str, Profile] = {p.name: p for p in (LATEST, V6_14)}
+V7_3 = Profile(name="7.3", single_region_write=True, has_peak=True, reclaim_on_max=True,
+               protection_aware_eviction=True)
+V6_14 = Profile(name="6.14", single_region_write=False, has_peak=False, reclaim_on_max=False,
+                protection_aware_eviction=False)
+#: ``latest`` is the newest emulated kernel.
+LATEST = V7_3
+PROFILES: dict[str, Profile] = {"latest": LATEST, "7.3": V7_3, "6.14": V6_14}
+PROFILE_CHOICES = ("latest", "7.3", "6.14")
 
 
 def get_profile(name: str) -> Profile:
@@ -65,5 +84,5 @@ def get_profile(name: str) -> Profile:
         return PROFILES[name]
     except KeyError:
         raise ValueError(
-            f"unknown profile {name!r} (choose from {', '.join(sorted(PROFILES))})"
+            f"unknown profile {name!r} (choose from {', '.join(PROFILE_CHOICES)})"
         ) from None

@@ -1,19 +1,22 @@
-"""The device file's text ioctls: one line ``VERB key=value …`` per write (SPEC §6).
+"""The device file's text ioctls: one line ``VERB key=value …`` per write.
 
-Parsing and reply formatting only; :class:`Session` runs one open file's requests against a
-:class:`~dmemfs.device.xe.Device`. Malformed lines, unknown verbs or keys, duplicate or missing
-keys and garbage values are EINVAL, like a bad ioctl argument.
+:func:`parse_request` turns the bytes of one ``write()`` into a verb and its arguments;
+:class:`Session` is one open of the device file (a DRM client) and runs each request against
+its :class:`~dmemfs.device.xe.Device`, charging the cgroup the calling process is in at that
+moment. Malformed lines, unknown verbs or keys, duplicate or missing keys and garbage values
+are EINVAL, like a bad ioctl argument; a write over one page is E2BIG like a cgroup file's.
+Numbers follow the kernel's ``kstrtou64``/``memparse`` (ASCII digits only).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from dmemfs.device import ttm
-from dmemfs.device.xe import SYSTEM, BufferObject, Caching, Client, Device, Flag
+from dmemfs.device.xe import SYSTEM, Caching, Client, Device, Flag, XeBo
 from dmemfs.engine.dmem import DmemCss
-from dmemfs.engine.parse import KSPACE, memparse
-from dmemfs.errors import InvalidArgument, NotFound
+from dmemfs.engine.parse import KSPACE, kstrtou64, memparse
+from dmemfs.errors import InvalidArgument, NotFound, OutOfRange, TooBig
+from dmemfs.profile import MAX_WRITE
 
 U32_MAX = (1 << 32) - 1
 
@@ -30,11 +33,29 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
 }
 
 
-def parse_request(text: str) -> tuple[str, dict[str, str]]:
-    line = text.strip(KSPACE)
+def _tokens(line: str) -> list[str]:
+    """Split on the kernel's white space (``isspace`` of lib/ctype.c), nothing else."""
+    out: list[str] = []
+    word: list[str] = []
+    for c in line:
+        if c in KSPACE:
+            if word:
+                out.append("".join(word))
+                word = []
+        else:
+            word.append(c)
+    if word:
+        out.append("".join(word))
+    return out
+
+
+def parse_request(data: bytes) -> tuple[str, dict[str, str]]:
+    if len(data) > MAX_WRITE:
+        raise TooBig(f"a request is limited to {MAX_WRITE} bytes")
+    line = data.decode("latin-1").strip(KSPACE)
     if not line or "\n" in line:
         raise InvalidArgument("one request per write: VERB key=value …")
-    verb, *tokens = line.split()
+    verb, *tokens = _tokens(line)
     if verb not in VERBS:
         raise InvalidArgument(f"unknown verb {verb!r} (known: {', '.join(VERBS)})")
     required, optional = VERBS[verb]
@@ -55,14 +76,22 @@ def parse_request(text: str) -> tuple[str, dict[str, str]]:
 
 
 def parse_u32(key: str, value: str) -> int:
-    if not value.isdigit() or int(value) > U32_MAX:
-        raise InvalidArgument(f"{key}={value!r} is not a 32-bit unsigned number")
-    return int(value)
+    """A decimal, hex (``0x``) or octal number up to 2^32 - 1 (``kstrtou32``)."""
+    try:
+        n = kstrtou64(value, 0)
+    except OutOfRange:
+        n = U32_MAX + 1
+    except InvalidArgument:
+        raise InvalidArgument(f"{key}={value!r} is not a number") from None
+    if n > U32_MAX:
+        raise InvalidArgument(f"{key}={value!r} does not fit 32 bits")
+    return n
 
 
 def parse_size(value: str) -> int:
+    """Bytes with an optional K/M/G/T/P/E suffix (``memparse``; nothing may follow)."""
     size, rest = memparse(value)
-    if rest or not value[:1].isdigit():
+    if rest or not value[:1].isascii() or not value[:1].isdigit():
         raise InvalidArgument(f"size={value!r} is not a size (bytes or K/M/G suffix)")
     return size
 
@@ -74,62 +103,65 @@ def parse_list(key: str, value: str) -> tuple[str, ...]:
     return items
 
 
-def _enum_list(key: str, value: str, kinds: type[Flag]) -> frozenset[Flag]:
+def _flags(value: str) -> frozenset[Flag]:
     out = set()
-    for item in parse_list(key, value):
+    for item in parse_list("flags", value):
         try:
-            out.add(kinds(item))
+            out.add(Flag(item))
         except ValueError:
-            raise InvalidArgument(f"unknown {key} {item!r}") from None
+            raise InvalidArgument(f"unknown flag {item!r}") from None
     return frozenset(out)
 
 
-def format_bo(bo: BufferObject) -> str:
+def format_bo(bo: XeBo) -> str:
     cgroup = bo.pool.css.cgroup.path if bo.pool is not None else "-"
     return (f"handle={bo.handle} size={bo.size} placement={bo.placement} "
             f"pinned={int(bo.pinned)} cgroup={cgroup} evictions={bo.evictions}\n")
 
 
 def format_regions(device: Device) -> str:
+    system = device.system
     lines = [f"instance=0 class=system name=system dmem_region=- min_page_size=4096 "
-             f"total_size={device.system_size} used={device.system_used} cpu_visible_size=0\n"]
-    for r in device.regions:
-        dmem_name = r.dmem_region.name if r.dmem_region is not None else "-"
-        lines.append(f"instance={r.instance} class=vram name={r.name} dmem_region={dmem_name} "
-                     f"min_page_size=65536 total_size={r.size} used={r.used} "
-                     f"cpu_visible_size={r.size}\n")
+             f"total_size={system.size} used={system.used} cpu_visible_size=0\n"]
+    for man in device.vram:
+        dmem_name = man.region.name if man.region is not None else "-"
+        lines.append(f"instance={man.instance} class=vram name={man.name} "
+                     f"dmem_region={dmem_name} min_page_size=65536 total_size={man.size} "
+                     f"used={man.used} cpu_visible_size={man.size}\n")
     return "".join(lines)
 
 
 class Session:
     """One open of the device file: a DRM client and its requests."""
 
-    def __init__(self, device: Device, pid: int, caller_css: Callable[[], DmemCss]) -> None:
+    def __init__(self, device: Device, pid: int, uid: int = 0) -> None:
         self.device = device
-        self.client: Client = device.open(pid)
-        #: The dmem css of the opener at the time of each call (SPEC §5, §6).
-        self.caller_css = caller_css
+        self.client: Client = device.open(pid, uid)
 
     def close(self) -> None:
         self.device.close(self.client)
 
-    def request(self, text: str) -> str:
-        verb, args = parse_request(text)
-        return getattr(self, "_" + verb.lower())(args)  # type: ignore[no-any-return]
+    def request(self, data: bytes, caller: int) -> str:
+        """Run one request for process ``caller`` (known to the cgroup tree); the reply."""
+        verb, args = parse_request(data)
+        tree = self.device.tree
+        css = tree.dmem_css_of(tree.cgroup_of(caller))
+        handler: Callable[[Session, dict[str, str], DmemCss], str] = _HANDLERS[verb]
+        return handler(self, args, css)
 
-    def _bo(self, handle_text: str) -> BufferObject:
+    def _bo(self, handle_text: str) -> XeBo:
         handle = parse_u32("handle", handle_text)
         bo = self.client.bos.get(handle)
         if bo is None:
             raise InvalidArgument(f"no handle {handle}")
         return bo
 
-    def _gem_create(self, args: dict[str, str]) -> str:
+    def gem_create(self, args: dict[str, str], css: DmemCss) -> str:
         placement = parse_list("placement", args["placement"])
         for p in placement:
             if p != SYSTEM:
                 self.device.region(p)  # EINVAL for a region this device lacks
-        flags = _enum_list("flags", args["flags"], Flag) if "flags" in args else frozenset()
+        flags = _flags(args["flags"]) if "flags" in args else frozenset()
         caching = None
         if "cpu_caching" in args:
             try:
@@ -137,38 +169,41 @@ class Session:
             except ValueError:
                 raise InvalidArgument(f"cpu_caching={args['cpu_caching']!r}: wb or wc") from None
         vm_id = parse_u32("vm_id", args["vm_id"]) if "vm_id" in args else 0
-        bo = self.device.gem_create(self.client, self.caller_css(), parse_size(args["size"]),
-                                    placement, flags, caching, vm_id)
+        bo = self.device.gem_create(self.client, css,
+                                    parse_size(args["size"]), placement, flags, caching, vm_id)
         return (f"handle={bo.handle} size={bo.size} placement={bo.placement} "
                 f"pinned={int(bo.pinned)}\n")
 
-    def _gem_close(self, args: dict[str, str]) -> str:
+    def gem_close(self, args: dict[str, str], css: DmemCss) -> str:
         self.device.gem_close(self.client, parse_u32("handle", args["handle"]))
         return ""
 
-    def _vm_create(self, args: dict[str, str]) -> str:
+    def vm_create(self, args: dict[str, str], css: DmemCss) -> str:
         return f"vm_id={self.client.new_vm()}\n"
 
-    def _vm_destroy(self, args: dict[str, str]) -> str:
+    def vm_destroy(self, args: dict[str, str], css: DmemCss) -> str:
         vm = parse_u32("vm_id", args["vm_id"])
         if vm not in self.client.vms:
             raise NotFound(f"no VM {vm}")
         self.client.vms.discard(vm)
         return ""
 
-    def _query(self, args: dict[str, str]) -> str:
+    def query(self, args: dict[str, str], css: DmemCss) -> str:
         if args["what"] != "mem_regions":
             raise InvalidArgument(f"unknown query {args['what']!r} (known: mem_regions)")
         return format_regions(self.device)
 
-    def _exec(self, args: dict[str, str]) -> str:
-        bos = []
+    def exec(self, args: dict[str, str], css: DmemCss) -> str:
+        bos: list[XeBo] = []
         for item in parse_list("handles", args["handles"]):
             bo = self._bo(item)
             if bo not in bos:
                 bos.append(bo)
-        migrated, evicted = ttm.exec_bos(bos, self.caller_css(), self.client.pid)
+        migrated, evicted = self.device.exec(self.client, css, bos)
         return f"migrated_bytes={migrated} evicted_bytes={evicted}\n"
 
-    def _bo_info(self, args: dict[str, str]) -> str:
+    def bo_info(self, args: dict[str, str], css: DmemCss) -> str:
         return format_bo(self._bo(args["handle"]))
+
+
+_HANDLERS = {verb: getattr(Session, verb.lower()) for verb in VERBS}

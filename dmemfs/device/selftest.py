@@ -2,7 +2,9 @@
 
 The module registers a 256 MiB region named ``dmem_selftest`` and two debugfs files: a write
 of a byte count to ``charge`` charges the writer's cgroup (one outstanding charge at most),
-any write to ``uncharge`` releases it. dmemfs serves them as ``MOUNT/debug/dmem_selftest/``;
+any write to ``uncharge`` releases it; a charge of 0 or more than the region is EINVAL (the
+module's v5, "[PATCH v5 1/4] cgroup: Add dmem_selftest module", July 2026). dmemfs serves
+them as ``MOUNT/debug/dmem_selftest/``;
 ``dmemfs as-cgroup2 --debugfs`` binds them at ``/sys/kernel/debug/dmem_selftest`` so kernel
 selftests written for the module run unmodified.
 """
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 from dmemfs.engine.cgroup import CgroupTree
 from dmemfs.engine.dmem import DmemCss, Pool, Region
-from dmemfs.engine.parse import kstrtou64
+from dmemfs.engine.parse import kstrtou64, strstrip
 from dmemfs.errors import Busy, ChargeLimited, InvalidArgument, NoDevice, TryAgain
 
 REGION_NAME = "dmem_selftest"
@@ -31,9 +33,10 @@ class DmemSelftest:
             raise NoDevice("dmem_selftest region is not registered")
         if not data or len(data) >= MAX_CHARGE_WRITE:
             raise InvalidArgument("write a byte count (at most 31 characters)")
-        size = kstrtou64(data.decode("latin-1").strip(), 0)
-        if size == 0:
-            raise InvalidArgument("cannot charge 0 bytes")
+        # strim() (the kernel's white space, lib/ctype.c), then kstrtou64.
+        size = kstrtou64(strstrip(data.decode("latin-1")), 0)
+        if size == 0 or size > REGION_SIZE:
+            raise InvalidArgument(f"a charge must be 1 to {REGION_SIZE} bytes")
         if self.charged is not None:
             raise Busy("a charge is outstanding; uncharge it first")
         try:

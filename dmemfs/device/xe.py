@@ -1,7 +1,8 @@
-"""The simulated xe GPU: devices, VRAM regions, clients (``drm_file``) and buffer objects.
+"""The simulated xe GPU: its DRM clients, their handles, and the uAPI checks of each ioctl.
 
-The uAPI checks of ``xe_gem_create_ioctl`` (KB §4.2) and the pinning RFC (KB §3.4) live here;
-where a BO lives and who gets evicted is decided in :mod:`dmemfs.device.ttm`.
+Objects and validation only, as drivers/gpu/drm/xe/xe_bo.c and xe_gem.c hold them: where a
+buffer object lives and who is evicted is decided in :mod:`dmemfs.device.ttm`, which this
+module calls (never the other way round). docs/kernel-model.md, "xe", lists the rules.
 """
 
 from __future__ import annotations
@@ -9,20 +10,12 @@ from __future__ import annotations
 import enum
 import itertools
 import logging
-import time
-from collections import OrderedDict, deque
-from dataclasses import dataclass
 
+from dmemfs.device import ttm
 from dmemfs.device.config import SYSTEM_PAGE, VRAM_PAGE, DeviceConfig
 from dmemfs.engine.cgroup import CgroupTree
-from dmemfs.engine.dmem import DmemCss, Pool, Region
-from dmemfs.errors import (
-    InvalidArgument,
-    NoSpace,
-    NotFound,
-    NotImplementedByKernel,
-    TryAgain,
-)
+from dmemfs.engine.dmem import DmemCss
+from dmemfs.errors import InvalidArgument, NoMemory, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +24,7 @@ class Flag(enum.Enum):
     DEFER_BACKING = "DEFER_BACKING"
     SCANOUT = "SCANOUT"
     NEEDS_VISIBLE_VRAM = "NEEDS_VISIBLE_VRAM"
+    #: The pinning RFC's DRM_XE_GEM_CREATE_FLAG_PINNED (absent with ``--pinning off``).
     PINNED = "PINNED"
 
 
@@ -40,88 +34,41 @@ class Caching(enum.Enum):
 
 
 SYSTEM = "system"
-#: Eviction log entries kept per device.
-EVICTION_LOG = 1000
+#: BOs one client may hold at once; one more GEM_CREATE fails with ENOMEM. The kernel has no
+#: such number (a BO costs it memory it may fail to get); dmemfs needs ~0.8 KiB per BO.
+MAX_BOS_PER_CLIENT = 1 << 18
+#: xe retries a validation that failed with -ENOMEM (``xe_vm_validate_should_retry``: for a
+#: second, in 20 ms sleeps). Nothing else runs meanwhile here, so a retry can only differ when
+#: the previous attempt evicted something; at most this many are made.
+ENOMEM_RETRIES = 50
 
 
-class VramRegion:
-    """One VRAM TTM manager, registered as a dmem region ``drm/<pci>/vramN``."""
+class XeBo(ttm.BufferObject):
+    """A GEM buffer object of one client (``struct xe_bo``)."""
 
-    def __init__(self, device: Device, index: int, size: int, region: Region | None) -> None:
-        self.device = device
-        self.index = index
-        self.name = f"vram{index}"
-        self.size = size
-        self.used = 0
-        self.pinned = 0
-        self.dmem_region = region
-        #: Resident, evictable BOs, least recently used first.
-        self.lru: OrderedDict[BufferObject, None] = OrderedDict()
+    __slots__ = ("client", "flags", "handle", "vm_id")
 
-    @property
-    def instance(self) -> int:
-        """Placement bit / query instance: 0 is system memory, VRAM regions follow."""
-        return self.index + 1
-
-
-class BufferObject:
-    __slots__ = (
-        "client", "device", "evictions", "flags", "handle", "in_system", "pinned", "places",
-        "pool", "region", "size",
-    )
-
-    def __init__(
-        self,
-        client: Client,
-        handle: int,
-        size: int,
-        places: tuple[str, ...],
-        flags: frozenset[Flag],
-    ) -> None:
+    def __init__(self, client: Client, handle: int, size: int, places: tuple[ttm.Place, ...],
+                 flags: frozenset[Flag], vm_id: int) -> None:
+        super().__init__(client.device, size, places)
         self.client = client
-        self.device = client.device
         self.handle = handle
-        self.size = size
-        #: Allowed placements, VRAM first, system last (xe's placement order).
-        self.places = places
         self.flags = flags
-        #: The VRAM region it is resident in, or None when it lives in system memory.
-        self.region: VramRegion | None = None
-        #: The dmem pool its VRAM is charged to (while resident in VRAM).
-        self.pool: Pool | None = None
-        #: Whether it holds system memory (evicted, fallen back, or deferred backing).
-        self.in_system = False
-        self.pinned = False
-        self.evictions = 0
-
-    @property
-    def placement(self) -> str:
-        return self.region.name if self.region is not None else SYSTEM
+        self.vm_id = vm_id
 
     def __repr__(self) -> str:
-        return f"BO({self.client.pid}:{self.handle}, {self.size}, {self.placement})"
-
-
-@dataclass(frozen=True, slots=True)
-class Eviction:
-    time: float
-    victim_pid: int
-    victim_handle: int
-    victim_cgroup: str
-    size: int
-    region: str
-    reason: str
-    evictor_pid: int
-    evictor_cgroup: str
+        return f"XeBo({self.client.pid}:{self.handle}, {self.size}, {self.placement})"
 
 
 class Client:
     """One open of the device file (``struct drm_file``): its handles and VMs."""
 
-    def __init__(self, device: Device, pid: int) -> None:
+    def __init__(self, device: Device, pid: int, uid: int) -> None:
         self.device = device
+        #: The process and user that opened the device file.
         self.pid = pid
-        self.bos: dict[int, BufferObject] = {}
+        self.uid = uid
+        self.bos: dict[int, XeBo] = {}
         self.vms: set[int] = set()
         self._handles = itertools.count(1)
         self._vm_ids = itertools.count(1)
@@ -135,53 +82,45 @@ class Client:
         return vm
 
 
-class Device:
-    """One simulated xe device at a PCI address with its VRAM regions and system memory."""
+class Device(ttm.TtmDevice):
+    """One simulated xe device at a PCI address (``struct xe_device``)."""
 
-    def __init__(self, config: DeviceConfig, minor: int, tree: CgroupTree) -> None:
+    def __init__(self, config: DeviceConfig, minor: int, tree: CgroupTree, *,
+                 fast_path: int | None = ttm.FAST_PATH) -> None:
+        super().__init__(tree.dmem, tree.profile, config.system, fast_path=fast_path)
         self.config = config
         self.pci = config.pci
         self.minor = minor
         self.tree = tree
-        self.regions = [
-            VramRegion(self, i, size, tree.dmem.register_region(name, size))
-            for i, (name, size) in enumerate(zip(config.region_names(), config.vram, strict=True))
-        ]
-        self.system_size = config.system
-        self.system_used = 0
-        self.clients: dict[int, Client] = {}
-        self.evictions: deque[Eviction] = deque(maxlen=EVICTION_LOG)
-        #: Evictions per victim cgroup path (for ``dmemfs status``).
-        self.evictions_by_cgroup: dict[str, int] = {}
-        self._client_ids = itertools.count(1)
+        for i, (name, size) in enumerate(zip(config.region_names(), config.vram, strict=True)):
+            self.add_vram(f"vram{i}", size, name)
+        self.clients: list[Client] = []
 
     @property
     def node_name(self) -> str:
         return f"renderD{128 + self.minor}"
 
-    def region(self, name: str) -> VramRegion:
-        for r in self.regions:
-            if r.name == name:
-                return r
+    def region(self, name: str) -> ttm.VramManager:
+        for man in self.vram:
+            if man.name == name:
+                return man
         raise InvalidArgument(f"{self.pci} has no region {name!r}")
 
     # -- clients ---------------------------------------------------------------------------
 
-    def open(self, pid: int) -> Client:
-        client = Client(self, pid)
-        self.clients[next(self._client_ids)] = client
+    def open(self, pid: int, uid: int = 0) -> Client:
+        client = Client(self, pid, uid)
+        self.clients.append(client)
         return client
 
     def close(self, client: Client) -> None:
         """The file was closed: every BO the client owns is freed (kill -9 included)."""
         for bo in list(client.bos.values()):
             self.free(bo)
-        for key, c in list(self.clients.items()):
-            if c is client:
-                del self.clients[key]
+        self.clients.remove(client)
 
-    def all_bos(self) -> list[BufferObject]:
-        return [bo for c in self.clients.values() for bo in c.bos.values()]
+    def all_bos(self) -> list[XeBo]:
+        return [bo for c in self.clients for bo in c.bos.values()]
 
     # -- GEM_CREATE ----------------------------------------------------------------------
 
@@ -194,24 +133,38 @@ class Device:
         flags: frozenset[Flag] = frozenset(),
         cpu_caching: Caching | None = None,
         vm_id: int = 0,
-    ) -> BufferObject:
-        """``DRM_IOCTL_XE_GEM_CREATE``: validate (KB §4.2, §3.4), create, place, maybe pin."""
-        from dmemfs.device import ttm
-
+    ) -> XeBo:
+        """``DRM_IOCTL_XE_GEM_CREATE``: validate, create, place (charging ``css``), maybe pin."""
         places = self._validate(client, size, placement, flags, cpu_caching, vm_id)
-        bo = BufferObject(client, client.new_handle(), size, places, flags)
+        if len(client.bos) >= MAX_BOS_PER_CLIENT:
+            raise NoMemory(f"this client holds {len(client.bos)} BOs, the most dmemfs allows")
+        bo = XeBo(client, client.new_handle(), size, places, flags, vm_id)
+        ctx = ttm.OperationCtx(css, client.pid, ticket=self.profile.protection_aware_eviction)
         if Flag.DEFER_BACKING in flags:
-            ttm.place_system(bo)  # VRAM (and its dmem charge) only on first use
+            self.place_in(bo, self.system)  # VRAM (and its dmem charge) only on first use
         else:
-            ttm.validate(bo, css, client.pid)
+            self._validate_retrying(bo, ctx)
         if Flag.PINNED in flags:
             try:
-                self._pin(bo)
+                self.pin_charged(bo)
             except BaseException:
-                ttm.release(bo)
+                self.release(bo)
                 raise
         client.bos[bo.handle] = bo
         return bo
+
+    def _validate_retrying(self, bo: XeBo, ctx: ttm.OperationCtx) -> int:
+        """``xe_bo_validate`` as its callers use it: retried on ENOMEM while it evicts."""
+        evicted = 0
+        for _ in range(ENOMEM_RETRIES):
+            before = self.evicted_bytes
+            try:
+                return evicted + self.validate(bo, ctx)
+            except NoMemory:
+                evicted += self.evicted_bytes - before
+                if self.evicted_bytes == before:
+                    raise
+        return evicted + self.validate(bo, ctx)
 
     def _validate(
         self,
@@ -221,13 +174,16 @@ class Device:
         flags: frozenset[Flag],
         cpu_caching: Caching | None,
         vm_id: int,
-    ) -> tuple[str, ...]:
+    ) -> tuple[ttm.Place, ...]:
+        """The checks of ``xe_gem_create_ioctl`` in its order, and the RFC's for PINNED."""
         if not placement:
             raise InvalidArgument("placement is empty")
         if len(set(placement)) != len(placement):
             raise InvalidArgument("placement lists a region twice")
-        vram = [self.region(p).name for p in placement if p != SYSTEM]
+        vram = [self.region(p) for p in placement if p != SYSTEM]
         if Flag.PINNED in flags:
+            if not self.profile.has_pinning:
+                raise InvalidArgument("unknown flag PINNED (the pinning RFC is off)")
             if len(placement) != 1:
                 raise InvalidArgument("PINNED needs exactly one placement")
             if vm_id:
@@ -247,21 +203,11 @@ class Device:
             raise NotFound(f"no VM {vm_id}")
         if vram and size % VRAM_PAGE:
             raise InvalidArgument(f"size {size} is not a multiple of 64 KiB (VRAM pages)")
-        # xe's order: VRAM placements first, system memory last.
-        return tuple(vram) + ((SYSTEM,) if SYSTEM in placement else ())
-
-    def _pin(self, bo: BufferObject) -> None:
-        """The RFC: pin against dmem.min up the hierarchy; -EAGAIN reaches userspace as ENOSPC."""
-        if bo.region is None:
-            raise NotImplementedByKernel("pinning system memory is not implemented (RFC: TODO)")
-        assert bo.pool is not None
-        try:
-            self.tree.dmem.try_pin(bo.pool, bo.size)
-        except TryAgain:
-            raise NoSpace(f"pinning {bo.size} bytes would exceed dmem.min") from None
-        bo.pinned = True
-        bo.region.pinned += bo.size
-        bo.region.lru.pop(bo, None)
+        # xe's order: VRAM first; system memory last, a FALLBACK when VRAM is possible.
+        places = tuple(ttm.Place(m) for m in vram)
+        if SYSTEM in placement:
+            places += (ttm.Place(self.system, ttm.FALLBACK if vram else 0),)
+        return places
 
     # -- GEM_CLOSE -------------------------------------------------------------------------
 
@@ -271,20 +217,27 @@ class Device:
             raise InvalidArgument(f"no handle {handle}")
         self.free(bo)
 
-    def free(self, bo: BufferObject) -> None:
-        from dmemfs.device import ttm
-
+    def free(self, bo: XeBo) -> None:
         bo.client.bos.pop(bo.handle, None)
-        ttm.release(bo)
+        self.release(bo)
 
-    # -- eviction bookkeeping -------------------------------------------------------------
+    # -- EXEC ------------------------------------------------------------------------------
 
-    def record_eviction(self, bo: BufferObject, region: VramRegion, reason: str,
-                        evictor_pid: int, evictor_cgroup: str, victim_cgroup: str) -> None:
-        bo.evictions += 1
-        self.evictions.append(Eviction(
-            time.time(), bo.client.pid, bo.handle, victim_cgroup, bo.size, region.name, reason,
-            evictor_pid, evictor_cgroup,
-        ))
-        by_cgroup = self.evictions_by_cgroup
-        by_cgroup[victim_cgroup] = by_cgroup.get(victim_cgroup, 0) + 1
+    def exec(self, client: Client, css: DmemCss, bos: list[XeBo]) -> tuple[int, int]:
+        """A GPU job that needs these BOs: each is validated into its places (charging
+        ``css``), the job's other BOs reserved; resident ones become most recently used.
+
+        Returns (bytes moved into VRAM, bytes evicted). A BO that may live in system memory
+        comes back to VRAM only when that needs no forced eviction (TTM keeps a BO in a
+        compatible FALLBACK place); a VRAM-only one evicts others.
+        """
+        ctx = ttm.OperationCtx(css, client.pid, busy=frozenset(bos), ticket=True)
+        migrated = evicted = 0
+        for bo in bos:
+            if bo.in_vram:
+                self.touch(bo)
+                continue
+            evicted += self._validate_retrying(bo, ctx)
+            if bo.in_vram:
+                migrated += bo.size
+        return migrated, evicted

@@ -8,15 +8,16 @@ ancestors' pools.
 
 from __future__ import annotations
 
+import errno
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING
 
 from dmemfs.engine import page_counter as pc
 from dmemfs.engine.page_counter import PageCounter
 from dmemfs.engine.parse import format_counter, parse_limit, split_region_value, strstrip
 from dmemfs.errors import ChargeLimited, InvalidArgument, NoDevice, TryAgain
-from dmemfs.profile import PAGE_COUNTER_MAX, Profile
+from dmemfs.profile import PAGE_COUNTER_MAX, U64_MASK, Profile
 
 if TYPE_CHECKING:
     from dmemfs.engine.cgroup import Cgroup
@@ -24,14 +25,25 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+#: ``struct dmem_cgroup_ops.reclaim``: evict about ``target`` bytes charged to ``pool``'s
+#: subtree on behalf of ``task`` (the writer of ``dmem.max``). Returns 0 after any progress,
+#: ``-ENOSPC`` when nothing could be freed, another negative errno to stop the caller's loop.
+Reclaim = Callable[["Pool", int, object], int]
+
+#: ``DMEM_MAX_RECLAIM_RETRIES``: reclaim calls without progress before a write gives up.
+MAX_RECLAIM_RETRIES = 16
+
+
 class Region:
     """A registered device-memory region (``struct dmem_cgroup_region``)."""
 
-    __slots__ = ("name", "size", "unregistered")
+    __slots__ = ("name", "reclaim", "size", "unregistered")
 
-    def __init__(self, name: str, size: int) -> None:
+    def __init__(self, name: str, size: int, reclaim: Reclaim | None = None) -> None:
         self.name = name
         self.size = size
+        #: The driver's reclaim callback (Linux 7.3; TTM's ttm_resource_manager_dmem_reclaim).
+        self.reclaim = reclaim
         self.unregistered = False
 
     def __repr__(self) -> str:
@@ -105,11 +117,13 @@ class Dmem:
 
     # -- regions -------------------------------------------------------------------------
 
-    def register_region(self, name: str, size: int) -> Region | None:
-        """Register a region (appended to the list); size 0 registers nothing."""
+    def register_region(
+        self, name: str, size: int, reclaim: Reclaim | None = None
+    ) -> Region | None:
+        """``dmem_cgroup_register_region``: appended to the list; size 0 registers nothing."""
         if size == 0:
             return None
-        region = Region(name, size)
+        region = Region(name, size, reclaim)
         self.regions.append(region)
         return region
 
@@ -148,10 +162,10 @@ class Dmem:
         while p is not None:
             p.nr_descendants -= 1
             p = p.parent
-        for pool in css.pools.values():
+        for pool in css.pools.values():  # reset_all_resource_limits()
             pc.set_min(pool.counter, 0)
             pc.set_low(pool.counter, 0)
-            pc.set_max(pool.counter, PAGE_COUNTER_MAX)
+            pool.counter.max = PAGE_COUNTER_MAX
         self._maybe_release(css)
 
     def _maybe_release(self, css: DmemCss | None) -> None:
@@ -249,60 +263,48 @@ class Dmem:
         for q in reversed(path):
             pc.calculate_protection(limit.counter, q.counter, True, wrap=wrap)
 
-    def protection_walk(self, limit: Pool) -> None:
-        """The full pre-order walk over ``limit``'s subtree (every pool's emin/elow)."""
-        region = limit.region
-        wrap = self.profile.wrap_u64
-        for css in limit.css.walk_pre():
-            pool = css.pools.get(region)
-            if pool is not None:
-                pc.calculate_protection(limit.counter, pool.counter, True, wrap=wrap)
-
     def root_pool_of(self, pool: Pool) -> Pool:
         while pool.parent is not None:
             pool = pool.parent
         return pool
 
     def evict_valuable(
-        self, limit: Pool | None, test: Pool, ignore_low: bool, *, walk: bool = True
+        self, limit: Pool | None, test: Pool | None, ignore_low: bool
     ) -> tuple[bool, bool]:
         """``dmem_cgroup_state_evict_valuable``: may a buffer charged to ``test`` be evicted?
 
         Returns ``(evictable, hit_low)``; ``hit_low`` is True when only low protection (not
-        min) saved it. ``walk=False`` trusts emin/elow computed by an earlier
-        :meth:`protection_walk` of the same limit pool (one walk per eviction pass).
+        min) saved it. ``limit`` None means a full device: protection is evaluated against
+        the root. With the pinning RFC the thresholds are ``emin + pinned`` and
+        ``elow + pinned`` of the tested pool. (``test`` None, an uncharged buffer, is
+        evictable when ``limit`` is None too, as ``limit == test`` in the kernel.)
         """
         if limit is test:
             return True, False
         if limit is not None:
             if limit.css.parent is None:
                 return True, False
-            if not test.is_descendant_of(limit):
+            if test is None or not test.is_descendant_of(limit):
                 return False, False
+        elif test is None:
+            return True, False
         else:
             limit = self.root_pool_of(test)
-        if walk:
-            self.calculate_protection(limit, test)
-        c = test.counter
-        used = c.usage
-        if used <= c.emin + c.pinned:
-            return False, False
-        if not ignore_low:
-            if used > c.elow + c.pinned:
-                return True, False
-            return False, True
-        return True, False
+        self.calculate_protection(limit, test)
+        return _verdict(test.counter, ignore_low)
 
-    def below_min(self, root: Pool | None, test: Pool) -> bool:
-        if root is test or test.parent is None:
+    def below_min(self, root: Pool | None, test: Pool | None) -> bool:
+        """``dmem_cgroup_below_min`` (Linux 7.3): usage within effective min (no RFC term)."""
+        if root is test or test is None or test.parent is None:
             return False
         if root is None:
             root = self.root_pool_of(test)
         self.calculate_protection(root, test)
         return test.counter.usage <= test.counter.emin
 
-    def below_low(self, root: Pool | None, test: Pool) -> bool:
-        if root is test or test.parent is None:
+    def below_low(self, root: Pool | None, test: Pool | None) -> bool:
+        """``dmem_cgroup_below_low`` (Linux 7.3): usage within effective low."""
+        if root is test or test is None or test.parent is None:
             return False
         if root is None:
             root = self.root_pool_of(test)
@@ -310,8 +312,8 @@ class Dmem:
         return test.counter.usage <= test.counter.elow
 
     def common_ancestor(self, a: Pool | None, b: Pool | None) -> Pool | None:
-        """``dmem_cgroup_get_common_ancestor``: pool in ``a``'s region of the nearest common
-        ancestor of the two pools' cgroups."""
+        """``dmem_get_common_ancestor`` (Linux 7.3): the pool, in ``a``'s region, of the
+        nearest cgroup that is an ancestor-or-self of both (created if missing)."""
         if a is None or b is None:
             return None
         ancestors = set()
@@ -325,6 +327,82 @@ class Dmem:
         if c is None:
             return None
         return self.get_pool(c, a.region)
+
+    def eviction_scan(
+        self,
+        limit: Pool | None,
+        region: Region,
+        ignore_low: bool,
+        own: Mapping[Pool, int],
+        subtree: Mapping[Pool, int],
+        *,
+        skip: Pool | None = None,
+        exclude: Pool | None = None,
+    ) -> tuple[list[Pool], list[Pool]]:
+        """:meth:`evict_valuable` for every pool under ``limit`` at once, skipping subtrees
+        that cannot hold a victim.
+
+        Considers the pools of ``limit``'s subtree (of the region's root pool when ``limit``
+        is None) that have buffers, ``own[pool] > 0``, visiting only subtrees with
+        ``subtree[pool] > 0``, leaving out ``exclude``'s subtree and ``skip`` itself. Returns
+        ``(evictable, spared_by_low)``: the pools :meth:`evict_valuable` would answer
+        ``(True, _)`` and ``(False, True)`` for, in the same state.
+
+        A pool whose usage is within its effective min is skipped with its whole subtree:
+        its children's effective min then covers their usage too (``effective_protection``
+        hands a fully protected parent's surplus down in proportion), so nothing below it is
+        evictable — unless the u64 products of that computation could wrap, in which case
+        the subtree is visited.
+        """
+        if limit is not None and limit.css.parent is None:
+            return self._unprotected_scan(limit, own, subtree, skip, exclude), []
+        top = limit if limit is not None else self.root_css.pools.get(region)
+        if top is None:
+            return [], []
+        wrap = self.profile.wrap_u64
+        evictable: list[Pool] = []
+        spared_by_low: list[Pool] = []
+        stack = [top]
+        while stack:
+            pool = stack.pop()
+            c = pool.counter
+            if pool is not top:
+                pc.calculate_protection(top.counter, c, True, wrap=wrap)
+                usage = c.usage
+                if usage <= c.emin and not (wrap and c.emin * usage > U64_MASK):
+                    continue
+            if own.get(pool) and pool is not skip:
+                if pool is limit:
+                    evictable.append(pool)
+                else:
+                    ok, low = _verdict(c, ignore_low)
+                    if ok:
+                        evictable.append(pool)
+                    elif low:
+                        spared_by_low.append(pool)
+            for child_css in pool.css.children:
+                child = child_css.pools.get(pool.region)
+                if child is not None and child is not exclude and subtree.get(child):
+                    stack.append(child)
+        return evictable, spared_by_low
+
+    def _unprotected_scan(
+        self, top: Pool, own: Mapping[Pool, int], subtree: Mapping[Pool, int],
+        skip: Pool | None, exclude: Pool | None,
+    ) -> list[Pool]:
+        """Every pool with buffers under ``top`` (a limit pool of the root cgroup: no
+        protection is evaluated)."""
+        out = []
+        stack = [top]
+        while stack:
+            pool = stack.pop()
+            if own.get(pool) and pool is not skip:
+                out.append(pool)
+            for child_css in pool.css.children:
+                child = child_css.pools.get(pool.region)
+                if child is not None and child is not exclude and subtree.get(child):
+                    stack.append(child)
+        return out
 
     # -- interface files ------------------------------------------------------------------
 
@@ -340,17 +418,26 @@ class Dmem:
             lines.append(f"{region.name} {format_counter(getattr(counter, attr))}\n")
         return "".join(lines)
 
-    def write_limit(self, css: DmemCss, attr: str, text: str) -> None:
-        """A write to ``dmem.min``/``dmem.low``/``dmem.max`` (``attr`` = min/low/max)."""
+    def write_limit(
+        self, css: DmemCss, attr: str, text: str, *, nonblock: bool = False,
+        task: object = None,
+    ) -> None:
+        """A write to ``dmem.min``/``dmem.low``/``dmem.max`` (``attr`` = min/low/max).
+
+        ``nonblock`` is whether the open file has ``O_NONBLOCK`` at the time of the write and
+        ``task`` who writes; both matter only to reclaim (Linux 7.3).
+        """
         if self.profile.single_region_write:
-            self._apply_limit_line(css, attr, strstrip(text))
+            self._apply_limit_line(css, attr, strstrip(text), nonblock, task)
             return
         for line in text.split("\n"):
             line = strstrip(line)
             if line:
-                self._apply_limit_line(css, attr, line)
+                self._apply_limit_line(css, attr, line, nonblock, task)
 
-    def _apply_limit_line(self, css: DmemCss, attr: str, line: str) -> None:
+    def _apply_limit_line(
+        self, css: DmemCss, attr: str, line: str, nonblock: bool, task: object
+    ) -> None:
         name, value_text = split_region_value(line)
         region = self.region_by_name(name)
         if region is None:
@@ -358,16 +445,55 @@ class Dmem:
         value = parse_limit(value_text)
         pool = self.get_pool(css, region)
         if attr == "max":
-            if not pc.set_max(pool.counter, value):
-                # The kernel ignores page_counter_set_max()'s -EBUSY: the write succeeds and
-                # the limit stays unchanged.
-                log.info(
-                    "dmem.max of %s for %s not lowered below usage %d (kernel: silent no-op)",
-                    css.cgroup.path, region.name, pool.counter.usage,
-                )
+            self.set_resource_max(pool, value, nonblock=nonblock, task=task)
         elif attr == "min":
             pc.set_min(pool.counter, value)
         elif attr == "low":
             pc.set_low(pool.counter, value)
         else:
             raise ValueError(attr)
+
+    def set_resource_max(
+        self, pool: Pool, value: int, *, nonblock: bool = False, task: object = None
+    ) -> None:
+        """``set_resource_max``: what writing ``dmem.max`` does.
+
+        Up to Linux 7.2 it is ``page_counter_set_max()`` with its -EBUSY ignored: a value
+        below the usage leaves the limit unchanged and the write still succeeds. From 7.3 the
+        value is stored at once, and unless the file is ``O_NONBLOCK`` the region's reclaim
+        callback is called while the pool's hierarchical usage is above it: progress loops
+        again, -ENOSPC (no progress) uses up one of 16 retries, any other error stops. The
+        write succeeds whatever happened.
+        """
+        counter = pool.counter
+        if not self.profile.reclaim_on_max:
+            if not pc.set_max(counter, value):
+                log.info(
+                    "dmem.max of %s for %s not lowered below usage %d (kernel: silent no-op)",
+                    pool.css.cgroup.path, pool.region.name, counter.usage,
+                )
+            return
+        counter.max = value
+        region = pool.region
+        if nonblock or region.unregistered or region.reclaim is None:
+            return
+        retries = MAX_RECLAIM_RETRIES
+        while True:
+            usage = counter.usage
+            if usage <= value:
+                break
+            ret = region.reclaim(pool, usage - value, task)
+            if ret:
+                if ret != -errno.ENOSPC or retries == 0:
+                    break
+                retries -= 1
+
+
+def _verdict(c: PageCounter, ignore_low: bool) -> tuple[bool, bool]:
+    """The thresholds of ``dmem_cgroup_state_evict_valuable`` on computed emin/elow."""
+    used = c.usage
+    if used <= c.emin + c.pinned:
+        return False, False
+    if not ignore_low and used <= c.elow + c.pinned:
+        return False, True
+    return True, False

@@ -35,6 +35,11 @@ class WriteContext(Protocol):
     @property
     def creds(self) -> Creds: ...
 
+    @property
+    def nonblock(self) -> bool:
+        """Whether the open file has ``O_NONBLOCK`` at the time of this write."""
+        ...
+
     def resolve_pid(self, pid: int) -> int:
         """Map a written process or thread id to its thread group, registering where the process
         lives if the engine does not know it yet; raises NoProcess (ESRCH) if it does not exist."""
@@ -159,13 +164,17 @@ def _dmem_write(attr: str) -> Write:
     def write(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
         css = cg.dmem_css
         assert css is not None
-        tree.dmem.write_limit(css, attr, text)
+        tree.dmem.write_limit(css, attr, text, nonblock=ctx.nonblock, task=ctx.pid)
 
     return write
 
 
 def _has_peak(profile: Profile) -> bool:
     return profile.has_peak
+
+
+def _has_pinning(profile: Profile) -> bool:
+    return profile.has_pinning
 
 
 FILES: tuple[CgroupFile, ...] = (
@@ -197,7 +206,8 @@ FILES: tuple[CgroupFile, ...] = (
                controller="dmem"),
     CgroupFile("dmem.peak", 0o444, Where.NOT_ON_ROOT, _dmem_show("watermark"),
                controller="dmem", exists_in=_has_peak),
-    CgroupFile("dmem.pinned", 0o444, Where.ALL, _dmem_show("pinned"), controller="dmem"),
+    CgroupFile("dmem.pinned", 0o444, Where.ALL, _dmem_show("pinned"), controller="dmem",
+               exists_in=_has_pinning),
 )
 
 FILES_BY_NAME: dict[str, CgroupFile] = {f.name: f for f in FILES}

@@ -21,11 +21,13 @@ def strstrip(s: str) -> str:
 
 
 def _digit(c: str) -> int:
+    """The value of an ASCII digit or letter (``_tolower`` + ``isdigit``), else 99."""
     if "0" <= c <= "9":
         return ord(c) - 48
-    lc = c.lower()
-    if "a" <= lc <= "z":
-        return ord(lc) - ord("a") + 10
+    if "a" <= c <= "z":
+        return ord(c) - 87
+    if "A" <= c <= "Z":
+        return ord(c) - 55
     return 99
 
 
@@ -42,16 +44,21 @@ def _fixup_radix(s: str, base: int) -> tuple[str, int]:
 
 
 def _parse_digits(s: str, base: int) -> tuple[int, int, bool]:
-    """Parse leading digits of ``base``; returns (value mod 2^64, digits used, overflowed)."""
+    """``_parse_integer``: leading ASCII digits of ``base``; returns (value mod 2^64, digits
+    used, overflowed). Linear in the length: the value never grows past 64 bits."""
     value = 0
     n = 0
+    overflow = False
     for c in s:
         d = _digit(c)
         if d >= base:
             break
         value = value * base + d
+        if value > U64_MASK:
+            overflow = True
+            value &= U64_MASK
         n += 1
-    return value & U64_MASK, n, value > U64_MASK
+    return value, n, overflow
 
 
 def simple_strtoull(s: str, base: int = 0) -> tuple[int, str]:

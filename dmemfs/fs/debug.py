@@ -8,6 +8,7 @@ from collections.abc import Callable
 from dmemfs.engine.cgroup import Attr, CgroupTree
 from dmemfs.engine.files import files_of, lookup_file, read_file
 from dmemfs.errors import DmemError, InvalidArgument
+from dmemfs.fs import request
 from dmemfs.fs.handles import Opener, QueryHandle, TextHandle
 from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import REQUESTS, Operations
@@ -16,8 +17,11 @@ from dmemfs.profile import Profile
 
 
 def daemon_info(profile: Profile, mountpoint: str) -> str:
+    # "callers request": each write is attributed to the process the FUSE request names;
+    # "callers opener": the request could not be read, the opener stands in.
+    callers = "request" if request.available() else "opener"
     return (f"pid {os.getpid()}\nprofile {profile.name}\npinning {profile.pinning}\n"
-            f"mountpoint {os.path.abspath(mountpoint)}\n")
+            f"mountpoint {os.path.abspath(mountpoint)}\ncallers {callers}\n")
 
 
 def pid_cgroup(host: HostProcesses, text: str) -> str:

@@ -1,7 +1,13 @@
-"""Open files. Each carries who opened it and, for generated files, a rendered snapshot."""
+"""Open files. Each carries who opened it and, for generated files, a rendered snapshot.
+
+A write is made by a :class:`Call`: the process the kernel says sent it and the open file's
+flags at that moment (both read from the FUSE request, dmemfs/fs/request.py), falling back
+to the opener and the flags of the open where the request could not be read.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from dmemfs.device.protocol import Session
@@ -14,19 +20,24 @@ from dmemfs.profile import MAX_WRITE
 
 
 class Opener:
-    """The process that opened a file: "the writer" of every later write (SPEC §5).
+    """The process that opened a file, with its credentials and the open's flags.
 
-    Implements the engine's ``WriteContext``. Who it is (thread group, supplementary groups)
-    is looked up in /proc only when a write needs it, so opening a file to read costs none.
+    The kernel checks a cgroup file write against the credentials of the opener
+    (``of->file->f_cred``), so permissions come from here whoever writes. Who it is (thread
+    group, supplementary groups) is looked up in /proc only when a write needs it, so opening
+    a file to read costs none.
     """
 
-    __slots__ = ("_creds", "_pid", "gid", "host", "tid", "uid")
+    __slots__ = ("_creds", "_pid", "flags", "gid", "host", "tid", "uid")
 
-    def __init__(self, tid: int, uid: int, gid: int, host: HostProcesses) -> None:
+    def __init__(self, tid: int, uid: int, gid: int, host: HostProcesses,
+                 flags: int = os.O_RDONLY) -> None:
         self.tid = tid
         self.uid = uid
         self.gid = gid
         self.host = host
+        #: The flags given to open() (what ``f_flags`` was before any fcntl).
+        self.flags = flags
         self._pid: int | None = None
         self._creds: Creds | None = None
 
@@ -47,10 +58,7 @@ class Opener:
         return self._creds
 
     def caller_pid(self) -> int:
-        """The process making a call on this open file (a device ioctl, a selftest charge).
-
-        FUSE does not say who calls ``write``; the opener stands in for the caller.
-        """
+        """Who makes a call on this open file when the request did not say: the opener."""
         return self.pid
 
     def resolve_pid(self, pid: int) -> int:
@@ -58,6 +66,50 @@ class Opener:
 
     def kill(self, pids: list[int]) -> None:
         self.host.kill(pids)
+
+
+class Call:
+    """One ``write()``: the engine's ``WriteContext`` for it.
+
+    ``tid`` is the calling thread the FUSE request names (None when unknown) and ``flags``
+    the open file's ``f_flags`` at the time of the write.
+    """
+
+    __slots__ = ("_pid", "flags", "opener", "tid")
+
+    def __init__(self, opener: Opener, tid: int | None = None, flags: int | None = None
+                 ) -> None:
+        self.opener = opener
+        self.tid = tid
+        self.flags = opener.flags if flags is None else flags
+        self._pid: int | None = None
+
+    @property
+    def pid(self) -> int:
+        """The calling process (``current``), known to the engine; the opener if unknown."""
+        if self._pid is None:
+            pid = None
+            if self.tid:
+                try:
+                    pid = self.opener.host.resolve(self.tid)
+                except DmemError:
+                    pid = None  # it exited meanwhile
+            self._pid = pid if pid is not None else self.opener.caller_pid()
+        return self._pid
+
+    @property
+    def creds(self) -> Creds:
+        return self.opener.creds
+
+    @property
+    def nonblock(self) -> bool:
+        return bool(self.flags & os.O_NONBLOCK)
+
+    def resolve_pid(self, pid: int) -> int:
+        return self.opener.resolve_pid(pid)
+
+    def kill(self, pids: list[int]) -> None:
+        self.opener.kill(pids)
 
 
 class Handle:
@@ -78,7 +130,7 @@ class Handle:
             self.buf = self.render()
         return self.buf[off : off + size]
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes, call: Call) -> int:
         raise InvalidArgument("not writable")
 
     def release(self) -> None:
@@ -113,10 +165,10 @@ class CgroupFileHandle(Handle):
         self._check()
         return read_file(self.opener.host.tree, self.node.cgroup, self.row)
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes, call: Call) -> int:
         if 0 < len(data) <= MAX_WRITE:
             self._check()
-        return write_file(self.opener.host.tree, self.node.cgroup, self.row, data, self.opener)
+        return write_file(self.opener.host.tree, self.node.cgroup, self.row, data, call)
 
 
 class CachedFileHandle(CgroupFileHandle):
@@ -163,7 +215,7 @@ class QueryHandle(Handle):
         self.buf = pending[size:]
         return pending[:size]
 
-    def write(self, data: bytes) -> int:
+    def write(self, data: bytes, call: Call) -> int:
         self.buf = b""
         self.buf = self._answer(self.opener, data.decode("latin-1")).encode()
         return len(data)
@@ -175,8 +227,13 @@ class DeviceHandle(QueryHandle):
     __slots__ = ("session",)
 
     def __init__(self, opener: Opener, session: Session) -> None:
-        super().__init__(opener, lambda o, text: session.request(text))
+        super().__init__(opener, lambda o, text: "")
         self.session = session
+
+    def write(self, data: bytes, call: Call) -> int:
+        self.buf = b""
+        self.buf = self.session.request(data, call.pid).encode()
+        return len(data)
 
     def release(self) -> None:
         self.session.close()
@@ -187,10 +244,10 @@ class CommandHandle(Handle):
 
     __slots__ = ("_command",)
 
-    def __init__(self, opener: Opener, command: Callable[[Opener, bytes], None]) -> None:
+    def __init__(self, opener: Opener, command: Callable[[Call, bytes], None]) -> None:
         super().__init__(opener)
         self._command = command
 
-    def write(self, data: bytes) -> int:
-        self._command(self.opener, data)
+    def write(self, data: bytes, call: Call) -> int:
+        self._command(call, data)
         return len(data)

@@ -16,9 +16,11 @@ import trio
 from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree, Creds
 from dmemfs.engine.files import FILES, files_of, lookup_file, read_file
 from dmemfs.errors import DmemError
+from dmemfs.fs import request
 from dmemfs.fs.handles import (
     PROCESS_FILES,
     CachedFileHandle,
+    Call,
     CgroupFileHandle,
     Handle,
     Opener,
@@ -269,8 +271,8 @@ class Operations(pyfuse3.Operations):
             raise _err(errno.EPERM)
         raise _err(errno.ENOTDIR)
 
-    def _opener(self, ctx: pyfuse3.RequestContext) -> Opener:
-        return Opener(ctx.pid, ctx.uid, ctx.gid, self.host)
+    def _opener(self, ctx: pyfuse3.RequestContext, flags: int = os.O_RDONLY) -> Opener:
+        return Opener(ctx.pid, ctx.uid, ctx.gid, self.host, flags)
 
     def _new_fh(self, handle: Handle) -> int:
         fh = self._next_fh
@@ -464,7 +466,7 @@ class Operations(pyfuse3.Operations):
         accmode = flags & os.O_ACCMODE
         wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
-        opener = self._opener(ctx)
+        opener = self._opener(ctx, flags)
         handle: Handle
         if isinstance(node, CgroupFileNode):
             if not node.row.exists(node.cgroup, self.tree.profile):
@@ -493,9 +495,10 @@ class Operations(pyfuse3.Operations):
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
+        call = self._call(fh)  # first: the request is only ours until the first await
         handle = self._handle(fh)
         try:
-            written = handle.write(buf)
+            written = handle.write(buf, Call(handle.opener, *call))
         finally:
             # Even a failed write may have changed something (6.14 applies lines up to the
             # first bad one). Device ioctls change usage, not configuration.
@@ -503,6 +506,14 @@ class Operations(pyfuse3.Operations):
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
         return written
+
+    @staticmethod
+    def _call(fh: int) -> tuple[int | None, int | None]:
+        """(thread id, file flags) of the WRITE request being handled, if it can be read."""
+        req = request.current()
+        if req is None or req.fh != fh:
+            return None, None
+        return req.pid or None, req.flags
 
     async def _controller_files_changed(self, cgroup: Cgroup) -> None:
         """+dmem/-dmem in ``cgroup`` made the children's dmem files appear (owned by the

@@ -89,7 +89,7 @@ def test_mount_status_umount_in_background(mountpoint: str) -> None:
         f.write("drm/0000:03:00.0/vram0 2G")
     res = dmemfs("status", mountpoint)
     assert res.returncode == 0, res.stderr
-    assert "profile latest, pinning intended" in res.stdout
+    assert "profile 7.3, pinning intended" in res.stdout
     assert "drm/0000:03:00.0/vram1  0 B / 4 GiB, 0 B pinned" in res.stdout
     assert re.search(r"\n  /job\n    drm/0000:03:00.0/vram0: current 0 B, peak 0 B, "
                      r"pinned 0 B, min 0 B low 0 B max 2 GiB\n", res.stdout), res.stdout

@@ -1,16 +1,25 @@
 """Model-based test of the device layer and the engine together (no mount).
 
-A hypothesis state machine drives a :class:`CgroupTree` with one or two simulated xe devices:
-cgroups come and go with random dmem.min/low/max, DRM clients create (maybe pinned), close and
-execute BOs and are closed. After every step the BOs must account exactly for every dmem
-counter (own charge and own pinned amount of every pool, dying ones included), every region's
-used/pinned bytes and the system memory, each BO must live in exactly one place, and a BO that
-was ever pinned must never have been evicted.
+A hypothesis state machine drives two identical worlds (a :class:`CgroupTree` with one or two
+simulated xe devices) through the same steps: cgroups come and go with random dmem.min/low/max
+(lowering dmem.max reclaims in Linux 7.3, unless O_NONBLOCK), DRM clients create (maybe
+pinned), close and execute BOs and are closed. One world walks the LRU BO by BO, exactly like
+the kernel's ``ttm_lru_walk_for_evict`` (``fast_path=None``); the other asks the dmem
+controller which pools may lose memory at every step of every walk (``fast_path=0``). After
+every step both worlds must be identical: every BO in the same place, charged to the same
+cgroup, the same evictions in the same order, the same counters.
+
+Invariants on top: the BOs account exactly for every dmem counter (own charge and own pinned
+amount of every pool, dying ones included), every region's used/pinned bytes and the system
+memory; each BO lives in exactly one place; a BO that was ever pinned is never evicted; after
+a blocking dmem.max write (7.3), the cgroup's usage fits its max unless nothing more could be
+evicted from its subtree.
 """
 
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -22,18 +31,13 @@ from hypothesis.stateful import (
     rule,
 )
 
-from dmemfs.device import ttm
 from dmemfs.device.config import DeviceConfig
-from dmemfs.device.xe import SYSTEM, BufferObject, Caching, Client, Device, Flag
+from dmemfs.device.ttm import VramManager
+from dmemfs.device.xe import SYSTEM, Caching, Client, Device, Flag, XeBo
 from dmemfs.engine.cgroup import Cgroup, CgroupTree
-from dmemfs.engine.dmem import DmemCss, Pool
-from dmemfs.errors import (
-    InvalidArgument,
-    NoMemory,
-    NoSpace,
-    NotImplementedByKernel,
-)
-from dmemfs.profile import LATEST
+from dmemfs.engine.dmem import Pool
+from dmemfs.errors import DmemError
+from dmemfs.profile import PINNING_MODES, V6_14, V7_3
 
 KiB = 1 << 10
 MiB = 1 << 20
@@ -52,23 +56,86 @@ FLAG_SETS = st.sampled_from([
     frozenset({Flag.PINNED, Flag.DEFER_BACKING}), frozenset({Flag.SCANOUT, Flag.DEFER_BACKING}),
 ])
 CACHING = st.sampled_from([None] * 6 + [Caching.WB, Caching.WC])
-MAX_CGROUPS = 5
-MAX_BOS = 24
+MAX_CGROUPS = 6
+MAX_BOS = 28
+
+
+class World:
+    """One tree with its devices and open clients."""
+
+    def __init__(self, profile: Any, configs: list[DeviceConfig], fast_path: int | None
+                 ) -> None:
+        self.tree = CgroupTree(profile)
+        self.devices = [Device(c, minor, self.tree, fast_path=fast_path)
+                        for minor, c in enumerate(configs)]
+        self.tree.write_subtree_control(self.tree.root, "+dmem")
+        self.clients: list[Client] = []
+
+    def cgroup(self, path: str) -> Cgroup:
+        return self.tree.lookup(path)
+
+    def css(self, path: str) -> Any:
+        return self.tree.dmem_css_of(self.cgroup(path))
+
+    def snapshot(self) -> dict[str, Any]:
+        """Everything that must agree between the two worlds."""
+        bos = {}
+        for i, c in enumerate(self.clients):
+            for h, bo in c.bos.items():
+                bos[(i, h)] = (bo.placement, _path(bo.pool), bo.pin_count, bo.evictions,
+                               bo.seq if bo.on_lru else None)
+        evictions = []
+        for d in self.devices:
+            for e in d.log.entries:
+                assert isinstance(e.victim, XeBo)
+                evictions.append((d.pci, self.clients.index(e.victim.client)
+                                  if e.victim.client in self.clients else -1,
+                                  e.victim.handle, e.victim_cgroup, e.manager, e.reason,
+                                  e.evictor_cgroup))
+        pools = {}
+        for css in self.tree.dmem.root_css.walk_pre():
+            for region, pool in css.pools.items():
+                c = pool.counter
+                pools[(css.cgroup.path, css.online, region.name)] = (
+                    c.usage, c.pinned, c.min, c.low, c.max, c.watermark)
+        managers = [(m.name, m.used, m.pinned) for d in self.devices for m in d.vram]
+        systems = [d.system.used for d in self.devices]
+        return {"bos": bos, "evictions": evictions, "pools": pools, "managers": managers,
+                "systems": systems}
+
+
+def _path(pool: Pool | None) -> str | None:
+    return pool.css.cgroup.path if pool is not None else None
 
 
 class DeviceMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.tree: CgroupTree
-        self.devices: list[Device] = []
-        self.live: list[Cgroup] = []
+        self.worlds: list[World] = []
+        self.live: list[str] = []
         self.pids = itertools.count(1000)
         self.names = itertools.count()
-        #: Every BO that was pinned at creation, with the region it was pinned in.
-        self.pinned: dict[BufferObject, str] = {}
-        #: (pid, handle) of every pinned BO ever (pids are never reused here).
+        #: (client index, handle) of every BO ever pinned (clients are never reused here).
         self.pinned_keys: set[tuple[int, int]] = set()
-        self.open: list[Client] = []
+        self.open: list[int] = []
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @property
+    def a(self) -> World:
+        return self.worlds[0]
+
+    def both(self, fn: Any) -> Any:
+        """Run ``fn(world)`` in both worlds: the same result or the same error type."""
+        outcomes = []
+        for w in self.worlds:
+            try:
+                outcomes.append(("ok", fn(w)))
+            except DmemError as e:
+                outcomes.append(("err", type(e)))
+        if outcomes[0][0] == "err" or outcomes[1][0] == "err":
+            assert outcomes[0] == outcomes[1], f"outcomes differ: {outcomes}"
+        return outcomes[0]
 
     # -- setup ------------------------------------------------------------------------------
 
@@ -76,108 +143,126 @@ class DeviceMachine(RuleBasedStateMachine):
         vram=st.lists(st.lists(st.integers(8, 48), min_size=1, max_size=2), min_size=1,
                       max_size=2),
         system=st.sampled_from([MiB, 4 * MiB, 64 * MiB]),
-        posted=st.sampled_from([False, False, False, True]),
+        pinning=st.sampled_from(["intended", "intended", "posted", "off"]),
+        profile=st.sampled_from([V7_3, V7_3, V6_14]),
     )
-    def setup(self, vram: list[list[int]], system: int, posted: bool) -> None:
-        profile = LATEST.with_options(pinning="posted" if posted else "intended")
-        self.tree = CgroupTree(profile)
-        for minor, sizes in enumerate(vram):
-            config = DeviceConfig(pci=PCIS[minor], vram=tuple(s * PAGE64K for s in sizes),
-                                  system=system)
-            self.devices.append(Device(config, minor, self.tree))
-        self.tree.write_subtree_control(self.tree.root, "+dmem")
-        self.live = [self.tree.root]
-        for device in self.devices:
-            self.open.append(device.open(next(self.pids)))
+    def setup(self, vram: list[list[int]], system: int, pinning: str, profile: Any) -> None:
+        assert pinning in PINNING_MODES
+        profile = profile.with_options(pinning=pinning)
+        configs = [DeviceConfig(pci=PCIS[minor], vram=tuple(s * PAGE64K for s in sizes),
+                                system=system)
+                   for minor, sizes in enumerate(vram)]
+        self.worlds = [World(profile, configs, None), World(profile, configs, 0)]
+        self.live = ["/"]
+        for minor in range(len(configs)):
+            self._open(minor)
+
+    def _open(self, minor: int) -> None:
+        pid = next(self.pids)
+        for w in self.worlds:
+            w.clients.append(w.devices[minor % len(w.devices)].open(pid))
+        self.open.append(len(self.a.clients) - 1)
 
     # -- cgroups -----------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.live) < MAX_CGROUPS)
     @rule(data=st.data())
     def mkdir(self, data: st.DataObject) -> None:
-        parent = data.draw(st.sampled_from([c for c in self.live if c.level < 3]))
-        if "dmem" not in parent.subtree_control:
-            self.tree.write_subtree_control(parent, "+dmem")
-        child = self.tree.mkdir(parent, f"c{next(self.names)}")
-        assert child.dmem_css is not None
-        self.live.append(child)
+        parent = data.draw(st.sampled_from([p for p in self.live if p.count("/") < 3]))
+        name = f"c{next(self.names)}"
+        for w in self.worlds:
+            cg = w.cgroup(parent)
+            if "dmem" not in cg.subtree_control:
+                w.tree.write_subtree_control(cg, "+dmem")
+            w.tree.mkdir(cg, name)
+        self.live.append(parent.rstrip("/") + "/" + name)
 
     @precondition(lambda self: len(self.live) > 3)
     @rule(data=st.data())
     def rmdir(self, data: st.DataObject) -> None:
-        leaf = data.draw(st.sampled_from([c for c in self.live[1:] if not c.children]))
-        self.tree.rmdir(leaf)  # outstanding charges and pins never block rmdir
+        leaves = [p for p in self.live[1:] if not any(q.startswith(p + "/") for q in self.live)]
+        leaf = data.draw(st.sampled_from(leaves))
+        for w in self.worlds:
+            w.tree.rmdir(w.cgroup(leaf))  # outstanding charges and pins never block rmdir
         self.live.remove(leaf)
 
     @precondition(lambda self: len(self.live) > 1)
-    @rule(data=st.data(), attr=st.sampled_from(["min", "min", "low", "max", "max"]),
-          value=st.sampled_from(LIMITS))
-    def set_limit(self, data: st.DataObject, attr: str, value: str) -> None:
-        cg = data.draw(st.sampled_from(self.live[1:]))
+    @rule(data=st.data(), attr=st.sampled_from(["min", "min", "low", "max", "max", "max"]),
+          value=st.sampled_from(LIMITS), nonblock=st.booleans())
+    def set_limit(self, data: st.DataObject, attr: str, value: str, nonblock: bool) -> None:
+        path = data.draw(st.sampled_from(self.live[1:]))
+        regions = self.a.tree.dmem.regions
         # Mostly the first device's vram0, where most BOs go.
-        regions = self.tree.dmem.regions
-        region = data.draw(st.sampled_from(regions[:1] * len(regions) + regions))
-        assert cg.dmem_css is not None
-        self.tree.dmem.write_limit(cg.dmem_css, attr, f"{region.name} {value}")
+        index = data.draw(st.sampled_from([0] * len(regions) + list(range(len(regions)))))
+        name = regions[index].name
+        for w in self.worlds:
+            cg = w.cgroup(path)
+            assert cg.dmem_css is not None
+            w.tree.dmem.write_limit(cg.dmem_css, attr, f"{name} {value}", nonblock=nonblock,
+                                    task=1)
+        if attr == "max" and not nonblock and self.a.tree.profile.reclaim_on_max:
+            self._check_reclaimed(path, index)
+
+    @precondition(lambda self: len(self.live) > 1)
+    @rule(data=st.data(), fraction=st.sampled_from([0, 1, 2, 3]), nonblock=st.booleans())
+    def lower_max(self, data: st.DataObject, fraction: int, nonblock: bool) -> None:
+        """dmem.max at 0, 1/4, 2/4 or 3/4 of a cgroup's current usage in its busiest region."""
+        path = data.draw(st.sampled_from(self.live[1:]))
+        css = self.a.cgroup(path).dmem_css
+        assert css is not None
+        regions = self.a.tree.dmem.regions
+        usage = [css.pools[r].counter.usage if r in css.pools else 0 for r in regions]
+        index = max(range(len(regions)), key=lambda k: usage[k])
+        value = usage[index] * fraction // 4
+        for w in self.worlds:
+            cg_css = w.cgroup(path).dmem_css
+            assert cg_css is not None
+            w.tree.dmem.write_limit(cg_css, "max", f"{regions[index].name} {value}",
+                                    nonblock=nonblock, task=1)
+        if not nonblock and self.a.tree.profile.reclaim_on_max:
+            self._check_reclaimed(path, index)
+
+    def _check_reclaimed(self, path: str, index: int) -> None:
+        """After a blocking write below usage: usage fits, or nothing evictable is left."""
+        w = self.a
+        region = w.tree.dmem.regions[index]
+        css = w.cgroup(path).dmem_css
+        assert css is not None
+        pool = css.pools[region]
+        if pool.counter.usage <= pool.counter.max:
+            return
+        man = next(m for d in w.devices for m in d.vram if m.region is region)
+        # Whatever is left in VRAM below the pool must be pinned, or protected by min
+        # relative to the pool (its own BOs are never protected).
+        for bo in man.lru():
+            if bo.pool is not None and bo.pool.is_descendant_of(pool):
+                ok, _ = w.tree.dmem.evict_valuable(pool, bo.pool, True)
+                system = bo.device.system
+                assert not ok or system.used + bo.size > system.size, bo
 
     # -- clients -----------------------------------------------------------------------------
 
     @precondition(lambda self: len(self.open) < 4)
     @rule(minor=st.integers(0, 1))
     def open_client(self, minor: int) -> None:
-        device = self.devices[minor % len(self.devices)]
-        self.open.append(device.open(next(self.pids)))
-
-    def _client(self, data: st.DataObject) -> Client:
-        return data.draw(st.sampled_from(self.open))
+        self._open(minor)
 
     @precondition(lambda self: self.open)
     @rule(data=st.data())
     def close_client(self, data: st.DataObject) -> None:
-        client = self._client(data)
-        client.device.close(client)
-        self.open.remove(client)
-        assert not client.bos
-        assert all(c is not client for c in client.device.clients.values())
+        i = data.draw(st.sampled_from(self.open))
+        for w in self.worlds:
+            client = w.clients[i]
+            client.device.close(client)
+            assert not client.bos and client not in client.device.clients
+        self.open.remove(i)
 
-    def _css(self, data: st.DataObject) -> DmemCss:
-        """The caller's css: mostly a child cgroup, sometimes the root."""
-        choices = self.live[1:] * 3 + self.live[:1]
-        return self.tree.dmem_css_of(data.draw(st.sampled_from(choices)))
-
-    def _expect_einval(self, device: Device, size: int, placement: tuple[str, ...],
-                       flags: frozenset[Flag], caching: Caching | None) -> bool:
-        names = {r.name for r in device.regions}
-        vram = [p for p in placement if p != SYSTEM]
-        effective = caching or (Caching.WC if vram else Caching.WB)
-        return (
-            len(set(placement)) != len(placement)
-            or any(p not in names for p in vram)
-            or (Flag.PINNED in flags and (len(placement) != 1 or Flag.DEFER_BACKING in flags))
-            or (Flag.NEEDS_VISIBLE_VRAM in flags and not vram)
-            or (bool(vram) and effective is not Caching.WC)
-            or (Flag.SCANOUT in flags and effective is Caching.WB)
-            or size % 4096 != 0
-            or (bool(vram) and size % PAGE64K != 0)
-        )
-
-    def _pin_fits(self, css: DmemCss, device: Device, place: str, size: int) -> bool:
-        """Whether try_pin would succeed on the pool ``css`` charges in ``place``."""
-        region = device.region(place).dmem_region
-        assert region is not None
-        check_root = self.tree.profile.pinning == "posted"
-        c: DmemCss | None = css
-        while c is not None:
-            pool = c.pools.get(region)
-            pinned = pool.counter.pinned if pool is not None else 0
-            limit = pool.counter.min if pool is not None else 0
-            if (c.parent is not None or check_root) and pinned + size > limit:
-                return False
-            c = c.parent
-        return True
+    def _caller(self, data: st.DataObject) -> str:
+        """The caller's cgroup: mostly a child cgroup, sometimes the root."""
+        return data.draw(st.sampled_from(self.live[1:] * 3 + self.live[:1]))
 
     def _can_create(self) -> bool:
-        return bool(self.open) and sum(len(c.bos) for c in self.open) < MAX_BOS
+        return bool(self.open) and sum(len(self.a.clients[i].bos) for i in self.open) < MAX_BOS
 
     CREATE_ARGS = {
         "data": st.data(), "pages": st.integers(1, 16),
@@ -188,177 +273,128 @@ class DeviceMachine(RuleBasedStateMachine):
     # Two identical rules: creating BOs is what drives everything else.
     @precondition(_can_create)
     @rule(**CREATE_ARGS)
-    def gem_create(self, **kwargs: object) -> None:
-        self._gem_create(**kwargs)  # type: ignore[arg-type]
+    def gem_create(self, **kwargs: Any) -> None:
+        self._gem_create(**kwargs)
 
     @precondition(_can_create)
     @rule(**CREATE_ARGS)
-    def gem_create_more(self, **kwargs: object) -> None:
-        self._gem_create(**kwargs)  # type: ignore[arg-type]
+    def gem_create_more(self, **kwargs: Any) -> None:
+        self._gem_create(**kwargs)
 
     def _gem_create(self, data: st.DataObject, pages: int, extra_4k: int,
                     placement: tuple[str, ...], flags: frozenset[Flag],
                     caching: Caching | None) -> None:
-        client = self._client(data)
-        device = client.device
-        css = self._css(data)
+        i = data.draw(st.sampled_from(self.open))
+        path = self._caller(data)
         size = pages * PAGE64K + extra_4k * 4096
-        einval = self._expect_einval(device, size, placement, flags, caching)
-        pinned = Flag.PINNED in flags
-        pin_fits = (pinned and not einval and placement != (SYSTEM,)
-                    and self._pin_fits(css, device, placement[0], size))
-        handles = set(client.bos)
-        n_evictions = len(device.evictions)
-        try:
-            bo = device.gem_create(client, css, size, placement, flags, caching)
-        except InvalidArgument:
-            assert einval
-            assert len(device.evictions) == n_evictions
-        except NotImplementedByKernel:
-            assert not einval and pinned and placement == (SYSTEM,)
-        except NoSpace:
-            assert not einval and pinned and not pin_fits
-        except NoMemory:
-            assert not einval
-        else:
-            assert not einval and (not pinned or (placement != (SYSTEM,) and pin_fits))
-            assert client.bos[bo.handle] is bo and bo.handle not in handles
-            assert bo.size == size and bo.pinned == pinned
-            if Flag.DEFER_BACKING in flags:
-                assert bo.placement == SYSTEM
-            if bo.pool is not None:
-                assert bo.pool.css is css  # charged to the caller's cgroup
-                assert bo.placement in placement
-            if pinned:
-                self.pinned[bo] = bo.placement
-                self.pinned_keys.add((client.pid, bo.handle))
-            return
-        assert set(client.bos) == handles
-        self._check_new_evictions(device, n_evictions, css)
 
-    def _check_new_evictions(self, device: Device, before: int, css: DmemCss) -> None:
-        for e in list(device.evictions)[before:]:
-            assert (e.victim_pid, e.victim_handle) not in self.pinned_keys
-            assert e.evictor_cgroup == css.cgroup.path
-            if e.reason.startswith("limit of "):
-                limit = e.reason.removeprefix("limit of ")
-                # Only BOs charged inside the limiting subtree are candidates.
-                assert limit == "/" or e.victim_cgroup == limit \
-                    or e.victim_cgroup.startswith(limit + "/")
-                assert css.cgroup.path == limit or css.cgroup.path.startswith(
-                    limit.rstrip("/") + "/")
-            else:
-                assert e.reason == "device full"
+        def create(w: World) -> XeBo:
+            client = w.clients[i]
+            return client.device.gem_create(client, w.css(path), size, placement, flags,
+                                            caching)
+
+        kind, result = self.both(create)
+        if kind == "ok":
+            bo = result
+            assert bo.size == size and bo.pinned == (Flag.PINNED in flags)
+            if bo.pool is not None:
+                assert bo.pool.css is self.a.css(path)  # charged to the caller's cgroup
+            if bo.pinned:
+                self.pinned_keys.add((i, bo.handle))
+            if Flag.PINNED in flags:
+                assert self.a.tree.profile.has_pinning
 
     @precondition(lambda self: self.open)
     @rule(data=st.data())
     def gem_close(self, data: st.DataObject) -> None:
-        client = self._client(data)
-        if not client.bos:
+        i = data.draw(st.sampled_from(self.open))
+        handles = sorted(self.a.clients[i].bos)
+        if not handles:
             return
-        handle = data.draw(st.sampled_from(sorted(client.bos)))
-        client.device.gem_close(client, handle)
-        assert handle not in client.bos
-
-    @precondition(lambda self: self.open)
-    @rule(data=st.data(), handle=st.integers(0, 40))
-    def gem_close_unknown(self, data: st.DataObject, handle: int) -> None:
-        client = self._client(data)
-        if handle in client.bos:
-            return
-        try:
-            client.device.gem_close(client, handle)
-        except InvalidArgument:
-            pass
-        else:
-            raise AssertionError("GEM_CLOSE of an unknown handle must fail with EINVAL")
+        handle = data.draw(st.sampled_from(handles))
+        for w in self.worlds:
+            w.clients[i].device.gem_close(w.clients[i], handle)
 
     @precondition(lambda self: self.open)
     @rule(data=st.data())
     def exec_bos(self, data: st.DataObject) -> None:
-        client = self._client(data)
-        if not client.bos:
+        i = data.draw(st.sampled_from(self.open))
+        handles = sorted(self.a.clients[i].bos)
+        if not handles:
             return
-        handles = data.draw(st.lists(st.sampled_from(sorted(client.bos)), min_size=1,
-                                     max_size=4, unique=True))
-        bos = [client.bos[h] for h in handles]
-        css = self._css(data)
-        was_in_system = {bo for bo in bos if bo.region is None}
-        evictions_before = {bo: bo.evictions for bo in bos}
-        device = client.device
-        n_evictions = len(device.evictions)
-        try:
-            migrated, evicted = ttm.exec_bos(bos, css, client.pid)
-        except NoMemory:
-            # Only a BO without a system placement can fail to find a home.
-            assert any(SYSTEM not in bo.places for bo in was_in_system)
-        else:
-            # The job's BOs are reserved together: none of them is evicted by its own EXEC,
-            # and only BOs that were out of VRAM migrate, once.
-            assert all(bo.evictions == evictions_before[bo] for bo in bos)
-            assert migrated == sum(bo.size for bo in was_in_system if bo.region is not None)
-            assert evicted >= 0
-            new = list(device.evictions)[n_evictions:]
-            assert evicted == sum(e.size for e in new)
-            for bo in was_in_system:
-                if bo.region is not None:
-                    assert bo.pool is not None and bo.pool.css is css
-        self._check_new_evictions(device, n_evictions, css)
+        job = data.draw(st.lists(st.sampled_from(handles), min_size=1, max_size=4, unique=True))
+        path = self._caller(data)
+        before = {h: self.a.clients[i].bos[h].evictions for h in job}
+
+        def run(w: World) -> tuple[int, int]:
+            client = w.clients[i]
+            return client.device.exec(client, w.css(path), [client.bos[h] for h in job])
+
+        self.both(run)
+        # The job's BOs are reserved together: none of them is evicted by its own EXEC.
+        for h in job:
+            assert self.a.clients[i].bos[h].evictions == before[h]
 
     # -- invariants --------------------------------------------------------------------------
 
-    def _all_bos(self) -> list[BufferObject]:
-        out = [bo for c in self.open for bo in c.bos.values()]
-        assert len(out) == len(set(out))
-        assert set(out) == {bo for d in self.devices for bo in d.all_bos()}
-        return out
+    @invariant()
+    def worlds_agree(self) -> None:
+        if self.worlds:
+            a, b = (w.snapshot() for w in self.worlds)
+            for key in a:
+                assert a[key] == b[key], f"{key} differ between the BO-by-BO and scan walks"
 
     @invariant()
     def bos_live_in_exactly_one_place(self) -> None:
-        if not self.devices:
+        if not self.worlds:
             return
-        for bo in self._all_bos():
-            assert (bo.region is not None) != bo.in_system, bo
-            assert (bo.pool is None) == (bo.region is None), bo
-            assert not bo.pinned or bo.region is not None, bo
-            if bo.region is not None:
-                assert bo.region.device is bo.device
-                assert bo.region.name in bo.places
-                assert bo.pool is not None and bo.pool.region is bo.region.dmem_region
-                assert (bo in bo.region.lru) != bo.pinned, bo
-            for d in self.devices:
-                for r in d.regions:
-                    assert r is bo.region or bo not in r.lru
+        for d in self.a.devices:
+            for bo in d.all_bos():
+                assert bo.resource is not None, bo
+                if isinstance(bo.resource, VramManager):
+                    assert bo.resource in d.vram
+                    assert any(p.manager is bo.resource for p in bo.places)
+                    assert bo.pool is not None and bo.pool.region is bo.resource.region
+                    assert bo.on_lru != bo.pinned, bo
+                else:
+                    assert bo.pool is None and not bo.on_lru and not bo.pinned, bo
 
     @invariant()
-    def regions_and_system_memory_match_the_bos(self) -> None:
-        if not self.devices:
+    def managers_and_system_memory_match_the_bos(self) -> None:
+        if not self.worlds:
             return
-        bos = self._all_bos()
-        for d in self.devices:
-            mine = [bo for bo in bos if bo.device is d]
-            for r in d.regions:
-                resident = [bo for bo in mine if bo.region is r]
-                assert r.used == sum(bo.size for bo in resident) <= r.size
-                assert r.pinned == sum(bo.size for bo in resident if bo.pinned)
-                assert set(r.lru) == {bo for bo in resident if not bo.pinned}
-            in_system = sum(bo.size for bo in mine if bo.in_system)
-            assert d.system_used == in_system <= d.system_size
+        for d in self.a.devices:
+            mine = d.all_bos()
+            for m in d.vram:
+                resident = [bo for bo in mine if bo.resource is m]
+                assert m.used == sum(bo.size for bo in resident) <= m.size
+                assert m.pinned == sum(bo.size for bo in resident if bo.pinned)
+                assert list(m.lru()) == sorted((bo for bo in resident if not bo.pinned),
+                                               key=lambda b: b.seq)
+                counts: dict[Pool, int] = {}
+                for bo in m.lru():
+                    assert bo.pool is not None
+                    counts[bo.pool] = counts.get(bo.pool, 0) + 1
+                assert m.own == counts
+            system = [bo for bo in mine if bo.resource is d.system]
+            assert d.system.used == sum(bo.size for bo in system) <= d.system.size
 
     @invariant()
     def pools_match_the_bos(self) -> None:
-        if not self.devices:
+        if not self.worlds:
             return
+        tree = self.a.tree
         charged: dict[Pool, int] = {}
         pinned: dict[Pool, int] = {}
-        for bo in self._all_bos():
-            if bo.pool is not None:
-                charged[bo.pool] = charged.get(bo.pool, 0) + bo.size
-                if bo.pinned:
-                    pinned[bo.pool] = pinned.get(bo.pool, 0) + bo.size
+        for d in self.a.devices:
+            for bo in d.all_bos():
+                if bo.pool is not None:
+                    charged[bo.pool] = charged.get(bo.pool, 0) + bo.size
+                    if bo.pinned:
+                        pinned[bo.pool] = pinned.get(bo.pool, 0) + bo.size
         seen: set[Pool] = set()
-        for css in self.tree.dmem.root_css.walk_pre():
-            for region in self.tree.dmem.regions:
+        for css in tree.dmem.root_css.walk_pre():
+            for region in tree.dmem.regions:
                 pool = css.pools.get(region)
                 if pool is None:
                     continue
@@ -375,28 +411,22 @@ class DeviceMachine(RuleBasedStateMachine):
             if css.parent is not None and not css.online:
                 # A dying css lives on only while something is charged to it (or below it).
                 assert css.nr_charges > 0 or css.children, css
-        # Every charged pool is still reachable (dying pools included).
         assert set(charged) <= seen
 
     @invariant()
-    def pinned_bos_were_never_evicted(self) -> None:
-        alive = {bo for c in self.open for bo in c.bos.values()}
-        for bo, place in self.pinned.items():
-            if bo in alive:
-                assert bo.pinned and bo.placement == place and bo.evictions == 0, bo
-        for d in self.devices:
-            victims = {(e.victim_pid, e.victim_handle) for e in d.evictions}
-            assert not victims & self.pinned_keys
-
-    @invariant()
-    def dying_cgroups_are_not_used(self) -> None:
-        for cg in self.live:
-            assert not cg.dying
+    def pinned_bos_are_never_evicted(self) -> None:
+        if not self.worlds:
+            return
+        for d in self.a.devices:
+            for e in d.log.entries:
+                assert isinstance(e.victim, XeBo)
+                i = self.a.clients.index(e.victim.client)
+                assert (i, e.victim.handle) not in self.pinned_keys
 
 
 DeviceMachine.TestCase.settings = settings(
-    max_examples=100,
-    stateful_step_count=60,
+    max_examples=250,
+    stateful_step_count=80,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )

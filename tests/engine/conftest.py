@@ -29,6 +29,7 @@ class FakeContext:
     tree: CgroupTree
     pid: int = 4242
     creds: Creds = ROOT_CREDS
+    nonblock: bool = False
     processes: dict[int, int] = field(default_factory=dict)
     killed: list[list[int]] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)

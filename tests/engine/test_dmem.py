@@ -361,35 +361,107 @@ def test_evict_valuable_inner_limit_gives_children_raw_settings(
     assert pool_b.counter.emin == 0
 
 
-def test_evict_valuable_walk_false_trusts_an_earlier_protection_walk(
-    tree: CgroupTree, region: Region, abc: tuple[Cgroup, Cgroup, Cgroup], io: Any
-) -> None:
-    a, b, _c = abc
-    io.write(a, "dmem.min", f"{REGION} 6")
-    io.write(b, "dmem.min", f"{REGION} 6")
-    pool_b = tree.dmem.try_charge(css(b), region, 5)
-    root_pool = tree.dmem.root_pool_of(pool_b)
-    pool_b.counter.emin = 0  # something stale
-    assert tree.dmem.evict_valuable(None, pool_b, False, walk=False) == (True, False)
-    tree.dmem.protection_walk(root_pool)
-    assert pool_b.counter.emin == 5
-    assert tree.dmem.evict_valuable(None, pool_b, False, walk=False) == (False, False)
-    assert tree.dmem.evict_valuable(None, pool_b, False) == (False, False)
+def _scan(tree: CgroupTree, region: Region, limit: Pool | None, ignore_low: bool,
+          **kw: Any) -> tuple[set[str], set[str]]:
+    """eviction_scan with the pools' own charges as "buffers" (one per charged pool)."""
+    own: dict[Pool, int] = {}
+    subtree: dict[Pool, int] = {}
+    for cs in tree.dmem.root_css.walk_pre():
+        pool = cs.pools.get(region)
+        if pool is None or pool.counter.usage == 0:
+            continue
+        children = sum(c.pools[region].counter.usage for c in cs.children if region in c.pools)
+        if pool.counter.usage > children:
+            own[pool] = 1
+            p: Pool | None = pool
+            while p is not None:
+                subtree[p] = subtree.get(p, 0) + 1
+                p = p.parent
+    ev, low = tree.dmem.eviction_scan(limit, region, ignore_low, own, subtree, **kw)
+    return {p.css.cgroup.path for p in ev}, {p.css.cgroup.path for p in low}
 
 
-def test_protection_walk_computes_every_pool(
+def test_eviction_scan_matches_evict_valuable(
     tree: CgroupTree, region: Region, abc: tuple[Cgroup, Cgroup, Cgroup], io: Any
 ) -> None:
     a, b, c = abc
+    d = tree.mkdir(a, "d")
     io.write(a, "dmem.min", f"{REGION} 6")
-    io.write(c, "dmem.min", f"{REGION} 3")
-    io.write(b, "dmem.min", f"{REGION} 2")
-    pb = tree.dmem.try_charge(css(b), region, 4)
-    pcc = tree.dmem.try_charge(css(c), region, 4)
-    tree.dmem.protection_walk(tree.dmem.root_pool_of(pb))
-    # /a and /c are first-level: raw settings. /a/b: its own 2 plus, recursively, the part of
-    # /a's 6 its sibling-less usage does not claim: 2 + (6 - 2) * (4 - 2) / (4 - 2) = 6.
-    assert (up(pb).counter.emin, pb.counter.emin, pcc.counter.emin) == (6, 6, 3)
+    io.write(b, "dmem.min", f"{REGION} 6")
+    io.write(d, "dmem.low", f"{REGION} 9")
+    io.write(c, "dmem.low", f"{REGION} 3")
+    for cg, n in ((a, 1), (b, 5), (d, 3), (c, 2), (tree.root, 4)):
+        tree.dmem.try_charge(css(cg), region, n)
+    # Against the root (6.14, device full): /a holds 9 > its min 6; /a/b gets 5 of it
+    # (within its own 6), /a/d the 1 left over (below its usage 3; its low 9 is capped to
+    # /a's elow 0 -> evictable); /c is within its low 3; the root's own charge has no
+    # protection; /a's own charge is above its min.
+    assert _scan(tree, region, None, False) == ({"/", "/a", "/a/d"}, {"/c"})
+    assert _scan(tree, region, None, True) == ({"/", "/a", "/a/d", "/c"}, set())
+    # Every pool agrees with evict_valuable, one by one.
+    for cg in (tree.root, a, b, d, c):
+        pool = css(cg).pools[region]
+        ok, low = tree.dmem.evict_valuable(None, pool, False)
+        ev, lows = _scan(tree, region, None, False)
+        assert (cg.path in ev, cg.path in lows) == (ok, low)
+    # A limit pool: its own buffers always, descendants judged against it, nothing outside.
+    pool_a = css(a).pools[region]
+    assert _scan(tree, region, pool_a, False) == ({"/a"}, {"/a/d"})
+    # The root as limit pool evaluates no protection at all (Linux 7.3, common ancestor).
+    root_pool = css(tree.root).pools[region]
+    assert _scan(tree, region, root_pool, False) == ({"/", "/a", "/a/b", "/a/d", "/c"}, set())
+    assert _scan(tree, region, root_pool, False, exclude=pool_a) == ({"/", "/c"}, set())
+    assert _scan(tree, region, pool_a, True, skip=pool_a) == ({"/a/d"}, set())
+
+
+def test_eviction_scan_skips_fully_protected_subtrees(
+    tree: CgroupTree, region: Region, abc: tuple[Cgroup, Cgroup, Cgroup], io: Any
+) -> None:
+    a, b, _c = abc
+    io.write(a, "dmem.min", f"{REGION} 100")
+    tree.dmem.try_charge(css(b), region, 10)
+    visited = []
+    calc = tree.dmem.calculate_protection
+    own = {css(b).pools[region]: 1}
+    subtree = {css(b).pools[region]: 1, css(a).pools[region]: 1, css(tree.root).pools[region]: 1}
+
+    class Spy(dict):  # type: ignore[type-arg]
+        def get(self, key: Any, default: Any = None) -> Any:
+            visited.append(key.css.cgroup.path)
+            return super().get(key, default)
+
+    assert tree.dmem.eviction_scan(None, region, False, Spy(own), subtree) == ([], [])
+    # /a (usage 10 within its min 100) was judged; /a/b below it never looked at.
+    assert "/a/b" not in visited and "/" in visited
+    del calc
+    assert tree.dmem.evict_valuable(None, css(b).pools[region], False) == (False, False)
+
+
+def test_eviction_scan_visits_subtrees_whose_protection_may_wrap(
+    make_tree: Callable[..., CgroupTree],
+) -> None:
+    # /x: min 1 TiB, usage 8 GiB, so fully protected; its child /x/y (min 0) would get
+    # 1 TiB * 8 GiB / 8 GiB of it, but the product wraps u64 to 0: y is evictable.
+    TiB = 1 << 40
+    tree = make_tree(profile=LATEST, regions=((REGION, 2 * TiB),))
+    region = tree.dmem.regions[0]
+    enable(tree, tree.root)
+    x = tree.mkdir(tree.root, "x")
+    enable(tree, x)
+    y = tree.mkdir(x, "y")
+    pc.set_min(tree.dmem.get_pool(css(x), region).counter, TiB)
+    tree.dmem.try_charge(css(y), region, 8 * GiB)
+    assert tree.dmem.evict_valuable(None, css(y).pools[region], False) == (True, False)
+    assert _scan(tree, region, None, False) == ({"/x/y"}, set())
+    exact = make_tree(profile=LATEST.with_options(wrap_u64=False), regions=((REGION, 2 * TiB),))
+    region = exact.dmem.regions[0]
+    enable(exact, exact.root)
+    x = exact.mkdir(exact.root, "x")
+    enable(exact, x)
+    y = exact.mkdir(x, "y")
+    pc.set_min(exact.dmem.get_pool(css(x), region).counter, TiB)
+    exact.dmem.try_charge(css(y), region, 8 * GiB)
+    assert _scan(exact, region, None, False) == (set(), set())
 
 
 def test_evict_valuable_wrap_profile_option(make_tree: Callable[..., CgroupTree]) -> None:
@@ -714,11 +786,19 @@ def test_limit_write_latest_rejects_what_614_accepts(tree: CgroupTree,
         io.write(a, "dmem.max", "\n\n")
 
 
-def test_dmem_max_below_usage_is_a_silent_noop(tree: CgroupTree, region: Region,
-                                               abc: tuple[Cgroup, Cgroup, Cgroup],
-                                               io: Any) -> None:
-    a, b, _c = abc
+def test_dmem_max_below_usage_is_a_silent_noop_in_614(
+    make_tree: Callable[..., CgroupTree]
+) -> None:
+    tree = make_tree(profile=V6_14)
+    region = tree.dmem.regions[0]
+    calls: list[int] = []
+    region.reclaim = lambda pool, target, task: calls.append(target) or 0
+    enable(tree, tree.root)
+    a = tree.mkdir(tree.root, "a")
+    enable(tree, a)
+    b = tree.mkdir(a, "b")
     tree.dmem.try_charge(css(b), region, 10 * MiB)
+    io = _io(tree)
     data = f"{REGION} 5M"
     assert io.write(a, "dmem.max", data) == len(data)  # success ...
     assert io.read(a, "dmem.max") == f"{REGION} max\n"  # ... but unchanged
@@ -729,6 +809,105 @@ def test_dmem_max_below_usage_is_a_silent_noop(tree: CgroupTree, region: Region,
     assert io.read(a, "dmem.max") == f"{REGION} {10 * MiB}\n"
     io.write(a, "dmem.max", f"{REGION} 0")
     assert io.read(a, "dmem.max") == f"{REGION} {10 * MiB}\n"
+    assert calls == []  # 6.14 never reclaims
+
+
+def _io(tree: CgroupTree) -> Any:
+    from conftest import FileIO
+
+    return FileIO(tree)
+
+
+class Reclaimer:
+    """A region's reclaim callback that frees ``steps`` in turn (bytes, or a negative
+    errno for no progress / an error) by uncharging what the test charged."""
+
+    def __init__(self, tree: CgroupTree, region: Region, steps: list[int]) -> None:
+        self.tree = tree
+        self.steps = list(steps)
+        self.calls: list[tuple[str, int, object]] = []
+        self.charges: list[tuple[Pool, int]] = []
+        region.reclaim = self
+
+    def __call__(self, pool: Pool, target: int, task: object) -> int:
+        self.calls.append((pool.css.cgroup.path, target, task))
+        step = self.steps.pop(0) if self.steps else -errno.ENOSPC
+        if step < 0:
+            return step
+        while step > 0 and self.charges:
+            p, n = self.charges.pop(0)
+            self.tree.dmem.uncharge(p, n)
+            step -= n
+        return 0
+
+
+def test_dmem_max_below_usage_reclaims_in_73(
+    tree: CgroupTree, region: Region, abc: tuple[Cgroup, Cgroup, Cgroup], io: Any
+) -> None:
+    a, b, _c = abc
+    r = Reclaimer(tree, region, [2 * MiB, 2 * MiB, 2 * MiB])
+    for _ in range(5):
+        r.charges.append((tree.dmem.try_charge(css(b), region, 2 * MiB), 2 * MiB))
+    io.ctx.pid = 777
+    data = f"{REGION} 5M"
+    assert io.write(a, "dmem.max", data) == len(data)
+    # Stored at once, then reclaim asked for usage - max each round, until usage fits.
+    assert io.read(a, "dmem.max") == f"{REGION} {5 * MiB}\n"
+    assert r.calls == [("/a", 5 * MiB, 777), ("/a", 3 * MiB, 777), ("/a", 1 * MiB, 777)]
+    assert css(a).pools[region].counter.usage == 4 * MiB
+
+
+def test_reclaim_gives_up_after_16_retries_without_progress(
+    tree: CgroupTree, region: Region, abc: tuple[Cgroup, Cgroup, Cgroup], io: Any
+) -> None:
+    a, b, _c = abc
+    r = Reclaimer(tree, region, [])  # never any progress
+    tree.dmem.try_charge(css(b), region, 4 * MiB)
+    assert io.write(a, "dmem.max", f"{REGION} 1M") == len(f"{REGION} 1M")
+    assert len(r.calls) == 17  # 16 retries, then the 17th -ENOSPC stops
+    assert io.read(a, "dmem.max") == f"{REGION} {MiB}\n"
+    # Progress does not refill the budget: 17 calls without progress plus the one with.
+    r2 = Reclaimer(tree, region, [-errno.ENOSPC] * 10 + [0] + [-errno.ENOSPC] * 10)
+    io.write(a, "dmem.max", f"{REGION} 2M")
+    assert len(r2.calls) == 18
+
+
+def test_reclaim_stops_at_another_error_and_nonblock_skips_it(
+    tree: CgroupTree, region: Region, abc: tuple[Cgroup, Cgroup, Cgroup], io: Any
+) -> None:
+    a, b, _c = abc
+    r = Reclaimer(tree, region, [-errno.ENODEV])
+    tree.dmem.try_charge(css(b), region, 4 * MiB)
+    io.write(a, "dmem.max", f"{REGION} 1M")
+    assert len(r.calls) == 1
+    r.calls.clear()
+    io.ctx.nonblock = True
+    io.write(a, "dmem.max", f"{REGION} 512K")
+    assert r.calls == [] and io.read(a, "dmem.max") == f"{REGION} {512 << 10}\n"
+    io.ctx.nonblock = False
+    # While usage stays above max, every charge in the subtree fails at /a.
+    with pytest.raises(ChargeLimited) as e:
+        tree.dmem.try_charge(css(b), region, 4096)
+    assert e.value.limit_pool is css(a).pools[region]
+    # min and low never reclaim, whatever they are set to.
+    io.write(b, "dmem.min", f"{REGION} 0")
+    io.write(b, "dmem.low", f"{REGION} 0")
+    io.write(a, "dmem.low", f"{REGION} 0")
+    assert r.calls == []
+
+
+def test_whitespace_only_limit_write(make_tree: Callable[..., CgroupTree]) -> None:
+    for profile, ok in ((LATEST, False), (V6_14, True)):
+        tree = make_tree(profile=profile)
+        enable(tree, tree.root)
+        a = tree.mkdir(tree.root, "a")
+        io = _io(tree)
+        for data in ("\n", " ", " \t\n"):
+            if ok:
+                assert io.write(a, "dmem.max", data) == len(data)
+            else:
+                with pytest.raises(InvalidArgument):
+                    io.write(a, "dmem.max", data)
 
 
 def test_min_and_low_are_never_validated(tree: CgroupTree, abc: tuple[Cgroup, Cgroup, Cgroup],

@@ -398,13 +398,28 @@ def test_subtree_control_file(tree: CgroupTree, io: Any, make_ctx: Any) -> None:
 # -- the profiles and the errno table --------------------------------------------------------
 
 
+def test_pinning_off_has_no_pinned_file(make_tree: Callable[..., CgroupTree]) -> None:
+    tree = make_tree(profile=LATEST.with_options(pinning="off"))
+    tree.write_subtree_control(tree.root, "+dmem")
+    a = tree.mkdir(tree.root, "a")
+    assert "dmem.pinned" not in names(tree, tree.root)
+    assert "dmem.pinned" not in names(tree, a)
+    assert lookup_file(tree, a, "dmem.pinned") is None
+    assert "dmem.min" in names(tree, a)
+
+
 def test_profiles() -> None:
     from dmemfs.profile import PROFILES, get_profile
 
     assert get_profile("latest") is LATEST and get_profile("6.14") is V6_14
-    assert set(PROFILES) == {"latest", "6.14"}
-    assert (LATEST.single_region_write, LATEST.has_peak) == (True, True)
-    assert (V6_14.single_region_write, V6_14.has_peak) == (False, False)
+    assert get_profile("7.3") is LATEST and LATEST.name == "7.3"
+    assert set(PROFILES) == {"latest", "7.3", "6.14"}
+    assert (LATEST.single_region_write, LATEST.has_peak, LATEST.reclaim_on_max,
+            LATEST.protection_aware_eviction) == (True, True, True, True)
+    assert (V6_14.single_region_write, V6_14.has_peak, V6_14.reclaim_on_max,
+            V6_14.protection_aware_eviction) == (False, False, False, False)
+    with pytest.raises(ValueError, match=r"latest, 7\.3, 6\.14"):
+        get_profile("7.2")
     assert (LATEST.pinning, LATEST.wrap_u64) == ("intended", True)
     posted = V6_14.with_options(pinning="posted")
     assert (posted.name, posted.pinning, posted.wrap_u64, posted.has_peak) == (

@@ -13,6 +13,7 @@ rollback only cancels ``usage``). Every other counter is unchanged by a failed o
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -39,7 +40,7 @@ from dmemfs.errors import (
     NotFound,
     TryAgain,
 )
-from dmemfs.profile import LATEST
+from dmemfs.profile import LATEST, V6_14, Profile
 
 #: PAGE_COUNTER_MAX on 64-bit with 4 KiB pages (LONG_MAX / PAGE_SIZE), written out on purpose.
 MAX = (2**63 - 1) // 4096
@@ -54,6 +55,7 @@ class FakeCtx:
 
     pid = 1
     creds = Creds()
+    nonblock = False
 
     def resolve_pid(self, pid: int) -> int:
         return pid
@@ -65,8 +67,12 @@ class FakeCtx:
 CTX = FakeCtx()
 
 
-def write(tree: CgroupTree, cg: Any, name: str, text: str) -> None:
-    write_file(tree, cg, FILES_BY_NAME[name], text.encode("latin-1"), CTX)
+def write(tree: CgroupTree, cg: Any, name: str, text: str, nonblock: bool = False) -> None:
+    CTX.nonblock = nonblock
+    try:
+        write_file(tree, cg, FILES_BY_NAME[name], text.encode("latin-1"), CTX)
+    finally:
+        CTX.nonblock = False
 
 
 def read(tree: CgroupTree, cg: Any, name: str) -> str:
@@ -396,7 +402,9 @@ class DmemMachine(RuleBasedStateMachine):
                 self.model.offline(child.css)
         self.model.settle()
 
-    def do_write_limit(self, cg: MCg, attr: str, region: str, value: int | str) -> None:
+    def do_write_limit(
+        self, cg: MCg, attr: str, region: str, value: int | str, nonblock: bool = False
+    ) -> None:
         assert self.tree is not None
         tree = self.tree
         expected: type[DmemError] | None = None
@@ -405,14 +413,76 @@ class DmemMachine(RuleBasedStateMachine):
         elif region not in self.model.regions:
             expected = InvalidArgument
         text = f"{region} {value}\n"
-        ok, _ = self.run(expected, lambda: write(tree, cg.eng, f"dmem.{attr}", text))
+        number = MAX if value == "max" else int(value)
+        reclaiming = (
+            expected is None and attr == "max" and self.profile.reclaim_on_max and not nonblock
+        )
+        predicted = self.predict_reclaim(cg, region, number) if reclaiming else None
+        self.reclaim_calls = []
+        ok, _ = self.run(
+            expected, lambda: write(tree, cg.eng, f"dmem.{attr}", text, nonblock=nonblock)
+        )
         if not ok:
             return
         assert cg.css is not None
-        number = MAX if value == "max" else int(value)
-        if attr == "max" and self.model.usage(cg.css, region) > number:
-            return  # kernel quirk: the write succeeds, the limit stays
+        if predicted is not None:
+            calls, gone = predicted
+            assert self.reclaim_calls == calls, f"reclaim calls {self.reclaim_calls} != {calls}"
+            assert [id(c) for c in gone] == self.reclaimed_ids, "reclaimed other charges"
+        elif attr != "max" or nonblock:
+            assert self.reclaim_calls == [], "only a blocking dmem.max write reclaims"
+        self.reclaimed_ids = []
+        if (attr == "max" and not self.profile.reclaim_on_max
+                and self.model.usage(cg.css, region) > number):
+            return  # 6.14: the write succeeds, the limit stays
         cg.css.limits[region][attr] = number
+
+    def predict_reclaim(
+        self, cg: MCg, region: str, limit: int
+    ) -> tuple[list[tuple[str, int]], list[MCharge]]:
+        """Linux 7.3 set_resource_max with this test's driver: calls until usage fits, 16
+        retries without progress; the driver frees the oldest unpinned charges inside the
+        subtree until it has freed the target."""
+        assert cg.css is not None
+        css = cg.css
+        left = [c for c in self.model.charges
+                if c.region == region and css in c.css.chain() and not c.pinned]
+        usage = self.model.usage(css, region)
+        calls: list[tuple[str, int]] = []
+        gone: list[MCharge] = []
+        retries = 16
+        while usage > limit:
+            target = usage - limit
+            calls.append((css.cg.eng.path, target))
+            freed = 0
+            while freed < target and left:
+                c = left.pop(0)
+                gone.append(c)
+                freed += c.size
+            usage -= freed
+            if not freed:
+                if retries == 0:
+                    break
+                retries -= 1
+        return calls, gone
+
+    def reclaim(self, pool: Any, target: int, task: object) -> int:
+        """The region's reclaim callback (the test's "driver")."""
+        assert self.tree is not None
+        self.reclaim_calls.append((pool.css.cgroup.path, target))
+        freed = 0
+        for ch in list(self.model.charges):
+            if freed >= target:
+                break
+            if ch.pinned or ch.pool.region is not pool.region:
+                continue
+            if not ch.pool.is_descendant_of(pool):
+                continue
+            self.tree.dmem.uncharge(ch.pool, ch.size)
+            self.model.charges.remove(ch)
+            self.reclaimed_ids.append(id(ch))
+            freed += ch.size
+        return 0 if freed else -errno.ENOSPC
 
     def do_try_charge(self, cg: MCg, region: str, size: int) -> MCharge | None:
         assert self.tree is not None
@@ -453,6 +523,7 @@ class DmemMachine(RuleBasedStateMachine):
     # -- setup: a random starting tree built through the checked operations ----------------
 
     @initialize(
+        profile=st.sampled_from([LATEST, V6_14]),
         nregions=st.integers(1, 2),
         root_dmem=st.booleans(),
         shape=st.lists(
@@ -460,12 +531,16 @@ class DmemMachine(RuleBasedStateMachine):
             max_size=6,
         ),
     )
-    def setup(self, nregions: int, root_dmem: bool, shape: list[tuple[int, bool, int, int]]):
-        self.tree = CgroupTree(LATEST)
+    def setup(self, profile: Profile, nregions: int, root_dmem: bool,
+              shape: list[tuple[int, bool, int, int]]) -> None:
+        self.profile = profile
+        self.tree = CgroupTree(profile)
+        self.reclaim_calls: list[tuple[str, int]] = []
+        self.reclaimed_ids: list[int] = []
         names = list(REGION_NAMES[:nregions])
         self.regions = {}
         for name in names:
-            region = self.tree.dmem.register_region(name, 1 << 30)
+            region = self.tree.dmem.register_region(name, 1 << 30, self.reclaim)
             assert region is not None
             self.regions[name] = region
         self.model = Model(names, self.tree.root)
@@ -542,11 +617,27 @@ class DmemMachine(RuleBasedStateMachine):
         attr=st.sampled_from(["min", "low", "max"]),
         region_i=st.integers(0, 5),
         value=LIMIT_VALUES,
+        nonblock=st.booleans(),
     )
-    def write_limit(self, cg_i: int, attr: str, region_i: int, value: int | str) -> None:
+    def write_limit(
+        self, cg_i: int, attr: str, region_i: int, value: int | str, nonblock: bool
+    ) -> None:
         cg = self.pick_live(cg_i, lambda c: c.parent is not None and c.css is not None)
         region = BOGUS_REGION if region_i == 5 else self.pick_region(region_i)
-        self.do_write_limit(cg, attr, region, value)
+        self.do_write_limit(cg, attr, region, value, nonblock)
+
+    @precondition(lambda self: self.model.charges)
+    @rule(i=st.integers(0, 63), up=st.integers(0, 3), k=st.integers(0, 12),
+          nonblock=st.booleans())
+    def lower_max(self, i: int, up: int, k: int, nonblock: bool) -> None:
+        """dmem.max at or below the usage of a cgroup (or an ancestor) holding charges."""
+        ch = self.model.charges[i % len(self.model.charges)]
+        chain = [c for c in ch.css.chain() if c.parent is not None and c.online]
+        if not chain:
+            return
+        css = chain[min(up, len(chain) - 1)]
+        value = max(0, self.model.usage(css, ch.region) - k)
+        self.do_write_limit(css.cg, "max", ch.region, value, nonblock)
 
     @rule(
         cg_i=st.integers(0, 63),
@@ -622,7 +713,8 @@ class DmemMachine(RuleBasedStateMachine):
                 assert events.startswith(f"populated {int(populated > 0)}\n"), f"{cg!r}: events"
                 has_files = cg.css is not None
                 for name in ("dmem.current", "dmem.min", "dmem.low", "dmem.max", "dmem.peak"):
-                    assert (lookup_file(tree, eng, name) is not None) == has_files, name
+                    exists = has_files and (name != "dmem.peak" or self.profile.has_peak)
+                    assert (lookup_file(tree, eng, name) is not None) == exists, name
         assert {p: id(c.eng) for p, c in model.members.items()} == {
             p: id(c) for p, c in tree.members.items()
         }, "process membership"
@@ -702,9 +794,10 @@ class DmemMachine(RuleBasedStateMachine):
                         assert read(tree, cg, f"dmem.{attr}") == "".join(
                             f"{r} {fmt(css.limits[r][attr])}\n" for r in model.regions
                         )
-                    assert read(tree, cg, "dmem.peak") == "".join(
-                        f"{r} {fmt(css.peak[r])}\n" for r in model.regions
-                    )
+                    if self.profile.has_peak:
+                        assert read(tree, cg, "dmem.peak") == "".join(
+                            f"{r} {fmt(css.peak[r])}\n" for r in model.regions
+                        )
 
 
 DmemMachine.TestCase.settings = settings(
@@ -911,7 +1004,10 @@ def build(case: dict[str, Any], ref: RefTree | None = None) -> tuple[CgroupTree,
         if ref is not None:
             ref.mins[i] = ref.lows[i] = 0  # css_offline resets the limits
     if case["prewalk"]:
-        tree.dmem.protection_walk(tree.dmem.get_pool(tree.dmem.root_css, region))
+        root_pool = tree.dmem.get_pool(tree.dmem.root_css, region)
+        for css in tree.dmem.root_css.walk_pre():  # leave every pool's values computed
+            if css.pools.get(region) is not None:
+                tree.dmem.calculate_protection(root_pool, css.pools[region])
         if ref is not None:
             ref.walk(0)
     for i, size in case["later"]:
@@ -925,33 +1021,19 @@ def build(case: dict[str, Any], ref: RefTree | None = None) -> tuple[CgroupTree,
 
 @settings(max_examples=200, deadline=None, derandomize=True, database=None)
 @given(case=protection_cases())
-def test_protection_path_walk_matches_full_walk(case: dict[str, Any]) -> None:
+def test_protection_path_walk_matches_reference(case: dict[str, Any]) -> None:
     ref = RefTree(list(case["parents"]), list(case["mins"]), list(case["lows"]))
-    tree_a, region_a, csses_a = build(case, ref)
-    tree_b, region_b, csses_b = build(case)
+    tree, region, csses = build(case, ref)
     test = case["test"]
     chain = ref.chain(test)
     limit = chain[case["limit_pick"] % len(chain)]
-
-    # A: the path-only computation; B: the full pre-order walk of the limit's subtree
-    pool_a = tree_a.dmem.get_pool(csses_a[test], region_a)
-    tree_a.dmem.calculate_protection(tree_a.dmem.get_pool(csses_a[limit], region_a), pool_a)
-    pool_b = tree_b.dmem.get_pool(csses_b[test], region_b)
-    tree_b.dmem.protection_walk(tree_b.dmem.get_pool(csses_b[limit], region_b))
-    got_a = (pool_a.counter.emin, pool_a.counter.elow)
-    got_b = (pool_b.counter.emin, pool_b.counter.elow)
-    assert got_a == got_b, f"path-only {got_a} != full walk {got_b}"
-
-    # both against the brute-force reference, for every pool the full walk touched
-    assert pool_a.counter.usage == ref.usage(test)
+    pool = tree.dmem.get_pool(csses[test], region)
+    tree.dmem.calculate_protection(tree.dmem.get_pool(csses[limit], region), pool)
+    assert pool.counter.usage == ref.usage(test)
+    assert pool.counter.pinned == ref.pinned(test)
     ref.walk(limit)
-    assert got_a == (ref.emin[test], ref.elow[test])
-    for q in ref.subtree(limit):
-        q_pool = csses_b[q].pools.get(region_b)
-        if q_pool is not None:
-            c = q_pool.counter
-            assert (c.usage, c.pinned) == (ref.usage(q), ref.pinned(q)), f"node {q} counters"
-            assert (c.emin, c.elow) == (ref.emin[q], ref.elow[q]), f"node {q} protection"
+    got = (pool.counter.emin, pool.counter.elow)
+    assert got == (ref.emin[test], ref.elow[test]), f"path walk {got}"
 
 
 ONLY_PINNED_SAVES_IT = {
@@ -963,13 +1045,14 @@ ONLY_PINNED_SAVES_IT = {
 }
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, database=None)
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
 @given(case=protection_cases())
 @example(case=ONLY_PINNED_SAVES_IT)
-def test_evict_valuable_walk_matches_prior_walk(case: dict[str, Any]) -> None:
+def test_evict_valuable_and_eviction_scan_match_reference(case: dict[str, Any]) -> None:
+    """evict_valuable for one pool, and eviction_scan for every pool at once, against the
+    brute-force reference."""
     ref = RefTree(list(case["parents"]), list(case["mins"]), list(case["lows"]))
-    tree_c, region_c, csses_c = build(case, ref)
-    tree_d, region_d, csses_d = build(case)
+    tree, region, csses = build(case, ref)
     test = case["test"]
     mode = case["limit_mode"]
     if mode == "none":
@@ -980,18 +1063,33 @@ def test_evict_valuable_walk_matches_prior_walk(case: dict[str, Any]) -> None:
     else:
         limit = case["limit_pick"] % len(case["parents"])
     ignore_low = case["ignore_low"]
+    limit_pool = tree.dmem.get_pool(csses[limit], region) if limit is not None else None
+    got = tree.dmem.evict_valuable(limit_pool, tree.dmem.get_pool(csses[test], region),
+                                   ignore_low)
+    assert got == ref.evict(limit, test, ignore_low), "engine eviction decision != reference"
 
-    def pools(tree: CgroupTree, region: Any, csses: list[Any]) -> tuple[Any, Any]:
-        lp = tree.dmem.get_pool(csses[limit], region) if limit is not None else None
-        return lp, tree.dmem.get_pool(csses[test], region)
-
-    limit_c, test_c = pools(tree_c, region_c, csses_c)
-    got_c = tree_c.dmem.evict_valuable(limit_c, test_c, ignore_low, walk=True)
-
-    limit_d, test_d = pools(tree_d, region_d, csses_d)
-    walk_from = limit_d if limit_d is not None else tree_d.dmem.root_pool_of(test_d)
-    tree_d.dmem.protection_walk(walk_from)
-    got_d = tree_d.dmem.evict_valuable(limit_d, test_d, ignore_low, walk=False)
-
-    assert got_c == got_d, f"walk=True {got_c} != walk=False after protection_walk {got_d}"
-    assert got_c == ref.evict(limit, test, ignore_low), "engine eviction decision != reference"
+    # eviction_scan: the pools with charges of their own in the limit's subtree.
+    own = {}
+    subtree: dict[Any, int] = {}
+    for i in range(len(case["parents"])):
+        pool = csses[i].pools.get(region)
+        if pool is not None and ref.own[i]:
+            own[pool] = 1
+            p = pool
+            while p is not None:
+                subtree[p] = subtree.get(p, 0) + 1
+                p = p.parent
+    ev, low = tree.dmem.eviction_scan(limit_pool, region, ignore_low, own, subtree)
+    index = {id(csses[i].pools.get(region)): i for i in range(len(case["parents"]))}
+    got_ev = sorted(index[id(p)] for p in ev)
+    got_low = sorted(index[id(p)] for p in low)
+    want_ev, want_low = [], []
+    for q in ref.subtree(limit if limit is not None else 0):
+        if not ref.own[q]:
+            continue
+        ok, hit = ref.evict(limit, q, ignore_low)
+        if ok:
+            want_ev.append(q)
+        elif hit:
+            want_low.append(q)
+    assert (got_ev, got_low) == (sorted(want_ev), sorted(want_low))
