@@ -7,6 +7,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -182,19 +183,17 @@ class Operations(pyfuse3.Operations):
         except DmemError:
             return None
 
-    def _open_cached(self, node: CgroupFileNode) -> None:
-        """Before a read-only open returns: put the current content in the page cache, and
-        make the kernel fetch the size again if it changed."""
-        content = self._render(node) or b""
-        if content == node.shown:
-            return
-        try:
-            if node.shown is None or len(content) != len(node.shown):
-                pyfuse3.invalidate_inode(node.ino, attr_only=False)
-            pyfuse3.notify_store(node.ino, 0, content)
-        except OSError:
-            pass  # the kernel dropped the inode meanwhile; it will ask again
-        node.shown = content
+    def _open_cached(self, node: CgroupFileNode) -> bool:
+        """Before a read-only open returns: may the kernel keep what it caches of ``node``?
+
+        If the content changed since the kernel last read it, no: the open drops the cached
+        pages (``keep_cache`` off, done by the kernel in the opener's context) and the size is
+        asked for again, so the read that follows fetches the new content.
+        """
+        if self._render(node) == node.shown:
+            return True
+        self._stale(node)
+        return False
 
     def _after_change(self, *, config: bool = True) -> None:
         """After a request that may have changed the engine: refresh what the page cache
@@ -205,14 +204,28 @@ class Operations(pyfuse3.Operations):
             self.config_changed()
 
     def _refresh_cached(self) -> None:
-        """Drop the cached pages of open files whose content is no longer what they show."""
+        """Mark stale the cached pages of open files whose content is no longer what they show."""
         for node in self._cached_open:
             if node.shown is not None and self._render(node) != node.shown:
-                node.shown = None
-                try:
-                    pyfuse3.invalidate_inode(node.ino, attr_only=False)
-                except OSError:
-                    pass
+                self._stale(node)
+
+    @staticmethod
+    def _stale(node: CgroupFileNode) -> None:
+        """The kernel's copy of ``node`` is out of date: give it a new mtime and make the
+        kernel ask for the attributes again.
+
+        Only the attributes are invalidated here: dropping pages (``attr_only=False``) or
+        storing new ones (``notify_store``) must lock each page, and a reader may hold that
+        lock while it waits for a READ this loop would never serve (a deadlock). The pages
+        are dropped by the kernel itself, in the reader's context, when the next read (or
+        stat) gets attributes with a new mtime (FUSE's auto_inval_data, on by default).
+        """
+        node.shown = None
+        node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
+        try:
+            pyfuse3.invalidate_inode(node.ino, attr_only=True)
+        except OSError:
+            pass  # the kernel dropped the inode meanwhile; it will ask again
 
     def _child(self, parent: Node, name: str) -> Node | None:
         """The node named ``name`` in directory ``parent`` (created on demand), or None."""
@@ -476,10 +489,10 @@ class Operations(pyfuse3.Operations):
             if wants_write and (node.row.write is None or not mode & 0o222):
                 raise _err(errno.EACCES)
             if not wants_write and self._cacheable(node):
-                self._open_cached(node)
+                keep = self._open_cached(node)
                 self._cached_open[node] = self._cached_open.get(node, 0) + 1
                 fh = self._new_fh(CachedFileHandle(opener, node))
-                return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+                return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep)
             handle = CgroupFileHandle(opener, node)
         elif isinstance(node, SpecialFile):
             handle = node.open_handle(opener, flags)
