@@ -331,6 +331,12 @@ def _read_lines(path: str) -> list[str]:
         return []
 
 
+def _state_warning(mountpoint: str) -> list[str]:
+    """--state: the daemon's "state NOT saved: REASON" line, when saving fails."""
+    return [line for line in _read_lines(os.path.join(mountpoint, "debug", "daemon"))
+            if line.startswith("state NOT saved")]
+
+
 def status(mountpoint: str) -> str:
     root = os.path.join(mountpoint, "cgroup")
     if not os.path.isdir(root):
@@ -339,6 +345,7 @@ def status(mountpoint: str) -> str:
     capacity = _read_keyed(os.path.join(root, "dmem.capacity"))
     lines = [f"dmemfs at {mountpoint}: profile {daemon.get('profile', '?')}, "
              f"pinning {daemon.get('pinning', '?')}, daemon pid {daemon.get('pid', '?')}"]
+    lines += _state_warning(mountpoint)
     evictions: dict[str, int] = {}
     dri = os.path.join(mountpoint, "debug", "dri")
     for pci in sorted(os.listdir(dri)) if os.path.isdir(dri) else []:

@@ -25,7 +25,7 @@ from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import Operations
 from dmemfs.procs import HostProcesses
 from dmemfs.profile import Profile, get_profile
-from dmemfs.state import StateError, StateKeeper, load
+from dmemfs.state import StateError, StateKeeper, check_directory, load
 
 log = logging.getLogger(__name__)
 
@@ -132,11 +132,14 @@ def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None
     if options.state:
         keeper = StateKeeper(options.state, ops.tree)
         try:
+            check_directory(options.state)
             if load(options.state, ops.tree):
                 log.info("restored the configuration from %s", options.state)
+            keeper.start()
         except StateError as e:
             raise OSError(errno.EINVAL, str(e)) from None
         ops.config_changed = keeper.changed
+        ops.state_status = keeper.status
     try:
         pyfuse3.init(ops, options.mountpoint, fuse_options(options))
     except RuntimeError as e:
@@ -151,6 +154,6 @@ def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None
         for s, handler in previous.items():
             signal.signal(s, handler)
         if keeper is not None:
-            keeper.flush()
+            keeper.close()
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", options.mountpoint)

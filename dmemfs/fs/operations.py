@@ -34,6 +34,7 @@ from dmemfs.fs.inodes import (
     StaticDir,
 )
 from dmemfs.procs import HostProcesses
+from dmemfs.profile import MAX_XATTR_BYTES, MAX_XATTRS
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +42,6 @@ log = logging.getLogger(__name__)
 #: and it tells the kernel when it does (see _controller_files_changed); everything else the
 #: kernel learns from the replies to its own mkdir/rmdir/setattr.
 TIMEOUT = 300.0
-#: kernfs: at most this many user.* xattrs per node and this many bytes of values in total.
-MAX_XATTRS = 128
-MAX_XATTR_BYTES = 128 << 10
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -100,6 +98,16 @@ def _invalidate(entries: list[tuple[int, bytes]], attrs: list[int]) -> None:
             pass
 
 
+def _configured_by(handle: Handle) -> list[Cgroup]:
+    """The cgroups whose configuration a write through ``handle`` may change."""
+    if not isinstance(handle, CgroupFileHandle):
+        return []
+    cg = handle.node.cgroup
+    if handle.row.name == "cgroup.subtree_control":
+        return [cg, *cg.children.values()]
+    return [cg]
+
+
 class DirHandle:
     __slots__ = ("entries", "node")
 
@@ -124,8 +132,11 @@ class Operations(pyfuse3.Operations):
         self.page_cache = page_cache
         #: Nodes with open page-cache handles, and how many.
         self._cached_open: dict[CgroupFileNode, int] = {}
-        #: Called after a request that may have changed the configuration (--state).
-        self.config_changed: Callable[[], None] = lambda: None
+        #: --state: awaited after a request that may have changed the configuration of these
+        #: cgroups (a removed one is dying); returns once the change is durable.
+        self.config_changed: Callable[[list[Cgroup]], Awaitable[None]] | None = None
+        #: --state: one line saying whether the configuration is saved (debug/daemon).
+        self.state_status: Callable[[], str] | None = None
         self.root = StaticDir(None)
         self.inodes = InodeTable(tree)
         self.inodes.add(self.root, ROOT_INODE)
@@ -195,13 +206,14 @@ class Operations(pyfuse3.Operations):
         self._stale(node)
         return False
 
-    def _after_change(self, *, config: bool = True) -> None:
+    async def _after_change(self, changed: Sequence[Cgroup] = ()) -> None:
         """After a request that may have changed the engine: refresh what the page cache
-        holds of open files, and (``config``) tell --state the configuration may differ."""
+        holds of open files, and tell --state the configuration of ``changed`` may differ
+        (returning once that is saved)."""
         if self._cached_open:
             self._refresh_cached()
-        if config:
-            self.config_changed()
+        if changed and self.config_changed is not None:
+            await self.config_changed(list(changed))
 
     def _refresh_cached(self) -> None:
         """Mark stale the cached pages of open files whose content is no longer what they show."""
@@ -339,7 +351,8 @@ class Operations(pyfuse3.Operations):
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
         if uid is not None or gid is not None or mode is not None:
             self._set_attr(node, uid, gid, mode)
-            self._after_change()
+            await self._after_change(
+                [node.cgroup] if isinstance(node, CgroupDir | CgroupFileNode) else [])
         # Truncation (O_TRUNC, truncate(1)) and time updates are accepted and ignored.
         return self._reply(node)
 
@@ -400,7 +413,7 @@ class Operations(pyfuse3.Operations):
         parent = self._cgroup_dir(parent_inode)
         creds = Creds(ctx.uid, ctx.gid)
         child = self.tree.mkdir(parent, _name(name), creds, mode & 0o7777 & ~ctx.umask)
-        self._after_change()
+        await self._after_change([child])
         node = self.inodes.cgroup_dir(child)
         node.lookups += 1
         return self._reply(node)
@@ -422,7 +435,7 @@ class Operations(pyfuse3.Operations):
         self.host.refresh()
         self.host.prune(child)
         self.tree.rmdir(child)
-        self._after_change()
+        await self._after_change([child])
 
     @fuse_errors
     async def rename(
@@ -511,8 +524,9 @@ class Operations(pyfuse3.Operations):
             written = handle.write(buf)
         finally:
             # Even a failed write may have changed something (6.14 applies lines up to the
-            # first bad one). Device ioctls change usage, not configuration.
-            self._after_change(config=isinstance(handle, CgroupFileHandle))
+            # first bad one). Device ioctls change usage, not configuration; +dmem/-dmem
+            # changes the children's dmem files too.
+            await self._after_change(_configured_by(handle))
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
         return written
@@ -552,7 +566,7 @@ class Operations(pyfuse3.Operations):
             if n:
                 self._cached_open[handle.node] = n
         else:
-            self._after_change(config=False)  # closing a device file frees its buffers
+            await self._after_change()  # closing a device file frees its buffers
 
     # -- extended attributes (user.* on cgroup directories) ------------------------------
 
@@ -582,7 +596,7 @@ class Operations(pyfuse3.Operations):
         if len(xattrs) > MAX_XATTRS or sum(len(v) for v in xattrs.values()) > MAX_XATTR_BYTES:
             raise _err(errno.ENOSPC)
         cg.xattrs = xattrs
-        self._after_change()
+        await self._after_change([cg])
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -597,7 +611,7 @@ class Operations(pyfuse3.Operations):
         if not cg.xattrs or _name(name) not in cg.xattrs:
             raise _err(pyfuse3.ENOATTR)
         del cg.xattrs[_name(name)]
-        self._after_change()
+        await self._after_change([cg])
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
