@@ -72,6 +72,8 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         argv.append("--page-cache")
     if args.state:
         argv += ["--state", os.path.abspath(args.state)]
+    if args.lineage != "auto":
+        argv += ["--lineage", args.lineage]
     return argv
 
 
@@ -148,6 +150,7 @@ def _mount_foreground(
         selftest=args.selftest,
         page_cache=args.page_cache,
         state=os.path.abspath(args.state) if args.state else None,
+        lineage=args.lineage,
     )
     try:
         run(options, ready=lambda: report("ok"))

@@ -69,7 +69,7 @@ def add_debug_files(ops: Operations, profile: Profile, mountpoint: str) -> None:
 
     def daemon() -> str:
         state = ops.state_status() + "\n" if ops.state_status is not None else ""
-        return daemon_info(profile, mountpoint) + state
+        return daemon_info(profile, mountpoint) + f"lineage {ops.host.mode}\n" + state
 
     ops.add_file(ops.debug, "daemon", text(daemon))
     ops.add_file(ops.debug, "requests", text(requests))
