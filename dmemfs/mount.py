@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -53,6 +54,7 @@ def build(options: MountOptions, lineage: TraceLineage | None = None) -> Operati
     """Engine, host processes and the FUSE operations, with the devices registered."""
     tree = CgroupTree(options.profile)
     host = HostProcesses(tree, lineage)
+    host.mountpoint = os.path.abspath(options.mountpoint)
     ops = Operations(tree, host, page_cache=options.page_cache)
     if options.selftest:
         _add_selftest(ops, DmemSelftest(tree))

@@ -19,6 +19,7 @@ each process is. Two ways to know where a new process is:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -100,6 +101,11 @@ class HostProcesses:
         #: With events: every live process, and the process of each thread created since.
         self._live: set[int] = set()
         self._thread_of: dict[int, int] = {}
+        #: With events: a token per live process, new for each process that reuses an id.
+        self._born: dict[int, int] = {}
+        self._births = itertools.count(1)
+        #: The mount point (holders of an open file are found under it).
+        self.mountpoint = "/"
         if lineage is not None:
             self._rescan()
 
@@ -206,7 +212,10 @@ class HostProcesses:
             return
         self._drop(e.child)  # a reused id: the old process is gone
         self._live.add(e.child)
-        self._live.add(forker)
+        self._born[e.child] = next(self._births)
+        if forker not in self._live:
+            self._live.add(forker)
+            self._born[forker] = next(self._births)
         cgroup = self._cgroup_at(forker, e.when / 1e9)
         if cgroup is not self.tree.root:
             self.tree.adopt(e.child, cgroup)
@@ -215,6 +224,7 @@ class HostProcesses:
         tgid = self._thread_of.pop(e.tid, 0) or e.tgid or e.tid
         if e.group_dead:
             self._live.discard(tgid)
+            self._born.pop(tgid, None)
             self._drop(tgid)
 
     def _rescan(self) -> None:
@@ -224,6 +234,7 @@ class HostProcesses:
             self._drop(pid)
         new = live - self._live
         self._live = live
+        self._born = {p: self._born.get(p) or next(self._births) for p in live}
         self._thread_of = {t: p for t, p in self._thread_of.items() if p in live}
         if self.tree.members:  # processes were placed: a new one may descend from them
             for pid in sorted(new):
@@ -241,6 +252,50 @@ class HostProcesses:
         self.tree.forget(pid)
         self._start.pop(pid, None)
         self._history.pop(pid, None)
+
+    # -- who holds an open file ------------------------------------------------------------
+
+    def birth(self, tgid: int) -> float | None:
+        """A token that changes when ``tgid`` exits or its id is reused (None: not alive)."""
+        if self.lineage is not None:
+            self.sync()
+            return self._born.get(tgid)
+        return _start_time(tgid)
+
+    def holder(self, ino: int, pos: int, hint: tuple[int, int] | None
+               ) -> tuple[int, int] | None:
+        """A live process holding an open file of inode ``ino`` of this mount at file
+        position ``pos`` (from ``/proc/PID/fdinfo``): ``(pid, fd)``, ``hint`` first.
+
+        A shared open file has one position, so among the files of that inode this picks
+        the right one unless two are at the same position; among several processes sharing
+        it, the one with the lowest pid.
+        """
+        if hint is not None and self._holds(*hint, ino, pos):
+            return hint
+        pids = sorted(self._live) if self.lineage is not None else psutil.pids()
+        for pid in pids:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                if self._holds(pid, int(fd), ino, pos):
+                    return pid, int(fd)
+        return None
+
+    def _holds(self, pid: int, fd: int, ino: int, pos: int) -> bool:
+        try:
+            if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith(self.mountpoint + "/"):
+                return False
+            with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
+                info = dict(line.split(b":", 1) for line in f.read().splitlines()
+                            if b":" in line)
+            return (int(info.get(b"ino", b"-1")) == ino
+                    and int(info.get(b"pos", b"-1")) == pos
+                    and _start_time(pid) is not None)
+        except (OSError, ValueError):
+            return False
 
     # -- liveness and signals ----------------------------------------------------------------
 

@@ -20,15 +20,22 @@ class Opener:
     is looked up in /proc only when a write needs it, so opening a file to read costs none.
     """
 
-    __slots__ = ("_creds", "_pid", "gid", "host", "tid", "uid")
+    __slots__ = ("_birth", "_creds", "_holder", "_pid", "gid", "host", "ino", "position",
+                 "tid", "uid")
 
     def __init__(self, tid: int, uid: int, gid: int, host: HostProcesses) -> None:
         self.tid = tid
         self.uid = uid
         self.gid = gid
         self.host = host
+        #: The opened file's inode, and its file position at the current call (set by the
+        #: request handlers): they identify the open file in /proc/PID/fdinfo.
+        self.ino = 0
+        self.position = 0
         self._pid: int | None = None
+        self._birth: float | None = None
         self._creds: Creds | None = None
+        self._holder: tuple[int, int] | None = None
 
     @property
     def pid(self) -> int:
@@ -36,6 +43,7 @@ class Opener:
         if self._pid is None:
             try:
                 self._pid = self.host.resolve(self.tid)
+                self._birth = self.host.birth(self._pid)
             except DmemError:
                 self._pid = self.tid  # it already exited; it cannot be moved either
         return self._pid
@@ -49,9 +57,23 @@ class Opener:
     def caller_pid(self) -> int:
         """The process making a call on this open file (a device ioctl, a selftest charge).
 
-        FUSE does not say who calls ``write``; the opener stands in for the caller.
+        FUSE does not say who calls ``write``, but the caller is one of the live processes
+        holding this open file: the opener while it lives; once it exited, a process that
+        inherited the file or was passed it, found in /proc by the file's inode and
+        position (see :meth:`HostProcesses.holder`). Only when no live holder can be seen
+        (all of them in another PID namespace, say) does the exited opener stand in, and
+        its cgroup is then the root's.
         """
-        return self.pid
+        pid = self.pid
+        if self._birth is not None and self.host.birth(pid) == self._birth:
+            return pid
+        self._holder = self.host.holder(self.ino, self.position, self._holder)
+        if self._holder is None:
+            return pid
+        try:
+            return self.host.resolve(self._holder[0])
+        except DmemError:
+            return pid
 
     def resolve_pid(self, pid: int) -> int:
         return self.host.resolve(pid)

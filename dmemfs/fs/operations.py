@@ -491,6 +491,7 @@ class Operations(pyfuse3.Operations):
         wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
         opener = self._opener(ctx)
+        opener.ino = inode
         handle: Handle
         if isinstance(node, CgroupFileNode):
             if not node.row.exists(node.cgroup, self.tree.profile):
@@ -520,6 +521,7 @@ class Operations(pyfuse3.Operations):
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         handle = self._handle(fh)
+        handle.opener.position = off
         try:
             written = handle.write(buf)
         finally:

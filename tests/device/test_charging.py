@@ -595,3 +595,52 @@ def test_debug_views_list_bos_and_evictions(mnt: Mounted, gpu: XeDevice) -> None
     assert regions[1] == ["system", "-", str(64 << 30), str(2 * MiB), "0"]
     assert regions[2] == ["vram0", REGION, str(4 * MiB), str(3 * MiB), str(MiB)]
     assert os.listdir(os.path.join(mnt.debug, "dri")) == [PCI]
+
+
+# -- inherited device files ----------------------------------------------------------------------
+
+INHERIT = r"""
+import os, sys
+dev, lim = sys.argv[1], sys.argv[2]
+fd = os.open(dev, os.O_RDWR)            # opened here, in the root cgroup
+r, w = os.pipe()
+if os.fork() == 0:                      # the child inherits the open device file
+    os.close(w)
+    with open(os.path.join(lim, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    os.read(r, 1)                       # EOF: the opener has exited
+    for size in ("2M", "512K"):
+        try:
+            os.write(fd, f"GEM_CREATE size={size} placement=vram0".encode())
+            print(size, os.read(fd, 4096).decode().strip(), flush=True)
+        except OSError as e:
+            print(size, e.strerror, flush=True)
+    os._exit(0)
+os._exit(0)                             # the opener exits; the child still holds the file
+"""
+
+
+def test_an_inherited_device_file_charges_a_live_holder(mnt: Mounted) -> None:
+    """The opener exited: the caller is the child that inherited the file, so its cgroup
+    (and its limit) is charged, not the root."""
+    _cgroups(mnt, "lim")
+    mnt.write("lim/dmem.max", f"{REGION} 1M")  # the device has 4M
+    # stdout reaches EOF once the child, which holds it too, has exited.
+    res = subprocess.run([sys.executable, "-c", INHERIT, _dev(mnt),
+                          os.path.join(mnt.cgroup, "lim")],
+                         capture_output=True, text=True, timeout=60)
+    out = res.stdout.splitlines()
+    assert out[0] == "2M Cannot allocate memory", res.stdout + res.stderr
+    assert out[1].startswith("512K handle=") and "placement=vram0" in out[1]
+
+
+def test_a_live_opener_is_charged(mnt: Mounted) -> None:
+    """While the opener lives it stands for every holder (the documented rule)."""
+    _cgroups(mnt, "lim")
+    mnt.write("lim/dmem.max", f"{REGION} 1M")
+    code = INHERIT.replace("os._exit(0)                             # the opener exits",
+                           "os.close(w); os.wait()                  # the opener waits")
+    res = subprocess.run([sys.executable, "-c", code, _dev(mnt),
+                          os.path.join(mnt.cgroup, "lim")],
+                         capture_output=True, text=True, timeout=60)
+    assert res.stdout.splitlines()[0].startswith("2M handle="), res.stdout + res.stderr
