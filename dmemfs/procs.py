@@ -300,10 +300,12 @@ class HostProcesses:
     # -- liveness and signals ----------------------------------------------------------------
 
     def prune(self, cgroup: Cgroup) -> None:
-        """Forget member processes of ``cgroup``'s subtree that exited (or were reaped)."""
+        """Forget member processes of ``cgroup``'s subtree that exited (or were reaped), and
+        learn those forked into it (see :meth:`refresh`)."""
         if self.lineage is not None:
             self.sync()
             return
+        self.refresh()
         for c in cgroup.walk():
             for pid in list(c.procs):
                 start = self._start.get(pid)

@@ -128,7 +128,6 @@ class CgroupFileHandle(Handle):
         if self.node.gone:
             raise NoDevice(f"{self.node.cgroup.path} was removed")
         if self.row.name in PROCESS_FILES:
-            self.opener.host.refresh()
             self.opener.host.prune(self.node.cgroup)
 
     def render(self) -> bytes:

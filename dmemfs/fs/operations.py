@@ -432,7 +432,6 @@ class Operations(pyfuse3.Operations):
         if child is None:
             is_file = lookup_file(self.tree, parent, _name(name)) is not None
             raise _err(errno.ENOTDIR if is_file else errno.ENOENT)
-        self.host.refresh()
         self.host.prune(child)
         self.tree.rmdir(child)
         await self._after_change([child])
