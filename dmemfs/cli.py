@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("--page-cache", action="store_true",
                    help="serve reads through the page cache: files report their real size "
                    "and a cat costs 2-3 requests instead of 4")
+    m.add_argument("--lineage", choices=["auto", "trace", "proc"], default="auto",
+                   help="where new processes are placed from: fork events (trace, needs root "
+                   "and tracefs), the /proc parent chain (proc), or trace when possible "
+                   "(auto, the default)")
     m.add_argument("--foreground", "-f", action="store_true", help="stay in the foreground")
     m.add_argument("--allow-other", action="store_true",
                    help="let other users use the mount (permissions are enforced)")

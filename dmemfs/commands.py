@@ -72,6 +72,8 @@ def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> li
         argv.append("--page-cache")
     if args.state:
         argv += ["--state", os.path.abspath(args.state)]
+    if args.lineage != "auto":
+        argv += ["--lineage", args.lineage]
     return argv
 
 
@@ -148,6 +150,7 @@ def _mount_foreground(
         selftest=args.selftest,
         page_cache=args.page_cache,
         state=os.path.abspath(args.state) if args.state else None,
+        lineage=args.lineage,
     )
     try:
         run(options, ready=lambda: report("ok"))
@@ -331,6 +334,12 @@ def _read_lines(path: str) -> list[str]:
         return []
 
 
+def _state_warning(mountpoint: str) -> list[str]:
+    """--state: the daemon's "state NOT saved: REASON" line, when saving fails."""
+    return [line for line in _read_lines(os.path.join(mountpoint, "debug", "daemon"))
+            if line.startswith("state NOT saved")]
+
+
 def status(mountpoint: str) -> str:
     root = os.path.join(mountpoint, "cgroup")
     if not os.path.isdir(root):
@@ -339,6 +348,7 @@ def status(mountpoint: str) -> str:
     capacity = _read_keyed(os.path.join(root, "dmem.capacity"))
     lines = [f"dmemfs at {mountpoint}: profile {daemon.get('profile', '?')}, "
              f"pinning {daemon.get('pinning', '?')}, daemon pid {daemon.get('pid', '?')}"]
+    lines += _state_warning(mountpoint)
     evictions: dict[str, int] = {}
     dri = os.path.join(mountpoint, "debug", "dri")
     for pci in sorted(os.listdir(dri)) if os.path.isdir(dri) else []:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import functools
 import logging
+import os
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,9 +23,10 @@ from dmemfs.fs.debug import add_debug_files
 from dmemfs.fs.handles import Call, CommandHandle, DeviceHandle, Opener, TextHandle
 from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import Operations
+from dmemfs.lineage import LineageUnavailable, TraceLineage
 from dmemfs.procs import HostProcesses
 from dmemfs.profile import Profile, get_profile
-from dmemfs.state import StateError, StateKeeper, load
+from dmemfs.state import StateError, StateKeeper, check_directory, load
 
 log = logging.getLogger(__name__)
 
@@ -42,12 +44,16 @@ class MountOptions:
     page_cache: bool = False
     #: Save the configuration here and restore it at mount.
     state: str | None = None
+    #: Where new processes are placed from: "trace" (fork events), "proc" (the /proc parent
+    #: chain) or "auto" (trace when permitted).
+    lineage: str = "auto"
 
 
-def build(options: MountOptions) -> Operations:
+def build(options: MountOptions, lineage: TraceLineage | None = None) -> Operations:
     """Engine, host processes and the FUSE operations, with the devices registered."""
     tree = CgroupTree(options.profile)
-    host = HostProcesses(tree)
+    host = HostProcesses(tree, lineage)
+    host.mountpoint = os.path.abspath(options.mountpoint)
     ops = Operations(tree, host, page_cache=options.page_cache)
     if options.selftest:
         _add_selftest(ops, DmemSelftest(tree))
@@ -103,10 +109,23 @@ def fuse_options(options: MountOptions) -> set[str]:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-async def _serve(early: list[int], keeper: StateKeeper | None) -> None:
+#: Seconds between reads of fork/exit events when no request needs them (keeps the trace
+#: buffer from filling up on a busy host).
+EVENTS_INTERVAL = 0.1
+
+
+async def _apply_events(host: HostProcesses) -> None:
+    while True:
+        await trio.sleep(EVENTS_INTERVAL)
+        host.sync()
+
+
+async def _serve(early: list[int], keeper: StateKeeper | None, host: HostProcesses) -> None:
     async with trio.open_nursery() as nursery:
         if keeper is not None:
             nursery.start_soon(keeper.run)
+        if host.lineage is not None:
+            nursery.start_soon(_apply_events, host)
 
         async def stop_on_signal(task_status: trio.TaskStatus[None]) -> None:
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -123,16 +142,42 @@ async def _serve(early: list[int], keeper: StateKeeper | None) -> None:
 
 def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
     """Mount, call ``ready`` once the kernel has the mount, serve until unmounted or signalled."""
-    ops = build(options)
+    lineage = _open_lineage(options.lineage)
+    try:
+        _run(options, ready, lineage)
+    finally:
+        if lineage is not None:
+            lineage.close()
+
+
+def _open_lineage(mode: str) -> TraceLineage | None:
+    if mode == "proc":
+        return None
+    try:
+        return TraceLineage.open()
+    except LineageUnavailable as e:
+        if mode == "trace":
+            raise OSError(errno.EPERM, f"--lineage trace: {e}") from None
+        log.info("new processes are placed by their /proc parent chain (%s); see README "
+                 "'Processes' for what that gets wrong", e)
+        return None
+
+
+def _run(options: MountOptions, ready: Callable[[], None], lineage: TraceLineage | None
+         ) -> None:
+    ops = build(options, lineage)
     keeper = None
     if options.state:
         keeper = StateKeeper(options.state, ops.tree)
         try:
+            check_directory(options.state)
             if load(options.state, ops.tree):
                 log.info("restored the configuration from %s", options.state)
+            keeper.start()
         except StateError as e:
             raise OSError(errno.EINVAL, str(e)) from None
         ops.config_changed = keeper.changed
+        ops.state_status = keeper.status
     try:
         pyfuse3.init(ops, options.mountpoint, fuse_options(options))
     except RuntimeError as e:
@@ -142,11 +187,11 @@ def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None
                 for s in STOP_SIGNALS}
     try:
         ready()
-        trio.run(_serve, early, keeper)
+        trio.run(_serve, early, keeper, ops.host)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if keeper is not None:
-            keeper.flush()
+            keeper.close()
         pyfuse3.close(unmount=True)
         log.info("unmounted %s", options.mountpoint)

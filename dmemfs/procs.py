@@ -1,12 +1,25 @@
 """Host processes: the only module that reads ``/proc`` or sends signals.
 
-Maps real processes onto the engine's abstract members: thread id → thread group, unknown
-processes resolved through their parent chain (a process forked after its parent joined a
-cgroup belongs to that cgroup), start times against PID reuse, dead processes pruned.
+Maps real processes onto the engine's abstract members: thread id → thread group, and where
+each process is. Two ways to know where a new process is:
+
+- **fork events** (dmemfs/lineage.py, as root where tracefs can be used): a child is placed in
+  the cgroup its *forking* task was in at the fork's time, as the kernel does, and a process
+  is forgotten when its last thread exits. Nothing is rescanned.
+- **the /proc parent chain** (the fallback): an unknown process is placed in the cgroup its
+  current parent was in when it started, start times guard against PID reuse, and /proc is
+  listed again to learn about new and dead processes. This gets wrong what /proc cannot
+  show: a process whose parent exited (a double fork reparents it to init or a subreaper) is
+  placed by its new parent, so it can leave a limited cgroup; a child cloned with
+  ``CLONE_PARENT`` (runc's container init) is placed with its forker's parent; a process is
+  only placed when dmemfs first looks at it, so one that moved in and out between two looks
+  is placed by where its parent is then.
 """
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import logging
 import os
 import signal
@@ -16,6 +29,7 @@ import psutil
 
 from dmemfs.engine.cgroup import Cgroup, CgroupTree, Creds
 from dmemfs.errors import NoProcess
+from dmemfs.lineage import Exit, Fork, TraceLineage
 
 log = logging.getLogger(__name__)
 
@@ -75,17 +89,36 @@ def _start_time(pid: int) -> float | None:
 class HostProcesses:
     """The engine's view of host processes (implements the engine's ``Host`` protocol)."""
 
-    def __init__(self, tree: CgroupTree) -> None:
+    def __init__(self, tree: CgroupTree, lineage: TraceLineage | None = None) -> None:
         self.tree = tree
         self.self_pid = os.getpid()
         self._start: dict[int, float] = {}
         self._history: dict[int, list[tuple[float, Cgroup]]] = {}
         tree.host = self
         tree.on_migrate = self._migrated
+        #: Fork and exit events (None: the /proc fallback).
+        self.lineage = lineage
+        #: With events: every live process, and the process of each thread created since.
+        self._live: set[int] = set()
+        self._thread_of: dict[int, int] = {}
+        #: With events: a token per live process, new for each process that reuses an id.
+        self._born: dict[int, int] = {}
+        self._births = itertools.count(1)
+        #: The mount point (holders of an open file are found under it).
+        self.mountpoint = "/"
+        if lineage is not None:
+            self._rescan()
+
+    @property
+    def mode(self) -> str:
+        return "fork events" if self.lineage is not None else "/proc parent chain"
 
     # -- Host protocol ---------------------------------------------------------------------
 
     def all_pids(self) -> list[int]:
+        if self.lineage is not None:
+            self.sync()
+            return sorted(self._live)
         return [p for p in psutil.pids() if _start_time(p) is not None]
 
     def threads(self, pid: int) -> list[int]:
@@ -102,6 +135,12 @@ class HostProcesses:
 
     def resolve(self, pid_or_tid: int) -> int:
         """The thread group of ``pid_or_tid``, known to the engine afterwards (ESRCH if none)."""
+        if self.lineage is not None:
+            self.sync()
+            tgid = self._thread_of.get(pid_or_tid) or tgid_of(pid_or_tid)
+            if tgid not in self._live:
+                raise NoProcess(f"no process {pid_or_tid}")
+            return tgid
         tgid = tgid_of(pid_or_tid)
         self.ensure_known(tgid)
         return tgid
@@ -140,7 +179,7 @@ class HostProcesses:
         history = self._history.get(pid) or [(0.0, self.tree.cgroup_of(pid))]
         cgroup = history[0][1]
         for t, cg in history:
-            if t <= when + FORK_SLACK:
+            if t <= when + (0.0 if self.lineage is not None else FORK_SLACK):
                 cgroup = cg
         while cgroup.dying and cgroup.parent is not None:
             cgroup = cgroup.parent
@@ -148,18 +187,125 @@ class HostProcesses:
 
     def _migrated(self, pid: int, cgroup: Cgroup) -> None:
         history = self._history.setdefault(pid, [])
-        history.append((_now(), cgroup))
+        history.append((time.monotonic() if self.lineage is not None else _now(), cgroup))
         del history[:-HISTORY]
+
+    # -- fork and exit events ----------------------------------------------------------------
+
+    def sync(self) -> None:
+        """Apply the fork and exit events recorded since the last call (cheap when none)."""
+        assert self.lineage is not None
+        for event in self.lineage.read():
+            if isinstance(event, Fork):
+                self._forked(event)
+            elif isinstance(event, Exit):
+                self._exited(event)
+            else:
+                log.warning("fork/exit events were lost (a busy host outran the trace "
+                            "buffer); new processes are placed by their /proc parent this once")
+                self._rescan()
+
+    def _forked(self, e: Fork) -> None:
+        forker = self._thread_of.get(e.forker_tid, e.forker)
+        if e.thread:
+            self._thread_of[e.child] = forker
+            return
+        self._drop(e.child)  # a reused id: the old process is gone
+        self._live.add(e.child)
+        self._born[e.child] = next(self._births)
+        if forker not in self._live:
+            self._live.add(forker)
+            self._born[forker] = next(self._births)
+        cgroup = self._cgroup_at(forker, e.when / 1e9)
+        if cgroup is not self.tree.root:
+            self.tree.adopt(e.child, cgroup)
+
+    def _exited(self, e: Exit) -> None:
+        tgid = self._thread_of.pop(e.tid, 0) or e.tgid or e.tid
+        if e.group_dead:
+            self._live.discard(tgid)
+            self._born.pop(tgid, None)
+            self._drop(tgid)
+
+    def _rescan(self) -> None:
+        """Learn the live processes from /proc: at start, and after events were lost."""
+        live = {p for p in psutil.pids() if _start_time(p) is not None}
+        for pid in [p for p in self.tree.members if p not in live]:
+            self._drop(pid)
+        new = live - self._live
+        self._live = live
+        self._born = {p: self._born.get(p) or next(self._births) for p in live}
+        self._thread_of = {t: p for t, p in self._thread_of.items() if p in live}
+        if self.tree.members:  # processes were placed: a new one may descend from them
+            for pid in sorted(new):
+                with contextlib.suppress(NoProcess):
+                    self.tree.adopt(pid, self._parent_chain(pid))
+
+    def _parent_chain(self, pid: int) -> Cgroup:
+        try:
+            ppid = psutil.Process(pid).ppid()
+        except psutil.Error:
+            return self.tree.root
+        return self.tree.cgroup_of(ppid) if ppid > 0 else self.tree.root
 
     def _drop(self, pid: int) -> None:
         self.tree.forget(pid)
         self._start.pop(pid, None)
         self._history.pop(pid, None)
 
+    # -- who holds an open file ------------------------------------------------------------
+
+    def birth(self, tgid: int) -> float | None:
+        """A token that changes when ``tgid`` exits or its id is reused (None: not alive)."""
+        if self.lineage is not None:
+            self.sync()
+            return self._born.get(tgid)
+        return _start_time(tgid)
+
+    def holder(self, ino: int, pos: int, hint: tuple[int, int] | None
+               ) -> tuple[int, int] | None:
+        """A live process holding an open file of inode ``ino`` of this mount at file
+        position ``pos`` (from ``/proc/PID/fdinfo``): ``(pid, fd)``, ``hint`` first.
+
+        A shared open file has one position, so among the files of that inode this picks
+        the right one unless two are at the same position; among several processes sharing
+        it, the one with the lowest pid.
+        """
+        if hint is not None and self._holds(*hint, ino, pos):
+            return hint
+        pids = sorted(self._live) if self.lineage is not None else psutil.pids()
+        for pid in pids:
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+            except OSError:
+                continue
+            for fd in fds:
+                if self._holds(pid, int(fd), ino, pos):
+                    return pid, int(fd)
+        return None
+
+    def _holds(self, pid: int, fd: int, ino: int, pos: int) -> bool:
+        try:
+            if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith(self.mountpoint + "/"):
+                return False
+            with open(f"/proc/{pid}/fdinfo/{fd}", "rb") as f:
+                info = dict(line.split(b":", 1) for line in f.read().splitlines()
+                            if b":" in line)
+            return (int(info.get(b"ino", b"-1")) == ino
+                    and int(info.get(b"pos", b"-1")) == pos
+                    and _start_time(pid) is not None)
+        except (OSError, ValueError):
+            return False
+
     # -- liveness and signals ----------------------------------------------------------------
 
     def prune(self, cgroup: Cgroup) -> None:
-        """Forget member processes of ``cgroup``'s subtree that exited (or were reaped)."""
+        """Forget member processes of ``cgroup``'s subtree that exited (or were reaped), and
+        learn those forked into it (see :meth:`refresh`)."""
+        if self.lineage is not None:
+            self.sync()
+            return
+        self.refresh()
         for c in cgroup.walk():
             for pid in list(c.procs):
                 start = self._start.get(pid)
@@ -170,8 +316,12 @@ class HostProcesses:
         """Learn processes created since the last look and forget those that vanished.
 
         Costs one listing of /proc plus a parent-chain resolution per new process; start
-        times of known members are checked by :meth:`prune` where it matters.
+        times of known members are checked by :meth:`prune` where it matters. With fork
+        events, only the events since the last look are applied.
         """
+        if self.lineage is not None:
+            self.sync()
+            return
         live = set(psutil.pids())
         for pid in [p for p in self.tree.members if p not in live]:
             self._drop(pid)

@@ -20,6 +20,13 @@ INT_MAX = (1 << 31) - 1
 #: A single ``write()`` to a kernfs file larger than this fails with E2BIG.
 MAX_WRITE = PAGE_SIZE
 
+#: kernfs: at most this many ``user.*`` xattrs per node and this many bytes of their values.
+MAX_XATTRS = 128
+MAX_XATTR_BYTES = 128 << 10
+#: The VFS: the longest xattr name (``XATTR_NAME_MAX``) and value (``XATTR_SIZE_MAX``).
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
+
 #: v2 controllers this cgroup hierarchy offers, in subsystem-id order. dmemfs emulates dmem
 #: only; listing controllers whose files do not exist would mislead tools (a deviation).
 CONTROLLERS: tuple[str, ...] = ("dmem",)

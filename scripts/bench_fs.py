@@ -213,6 +213,11 @@ def main() -> int:
             run_all(m, floor, results)
             with mounted(["--page-cache"]) as pc:
                 results["page_cache_mode"] = run_page_cache(pc, floor)
+            with tempfile.TemporaryDirectory(dir=os.environ.get("DMEMFS_BENCH_STATE_DIR")
+                                             ) as tmp:
+                state = os.path.join(tmp, "state")
+                with mounted(["--state", state]) as st:
+                    results["state_mode"] = run_state(m, st, tmp)
     results["total_runtime_s"] = round(time.monotonic() - started, 1)
     print(json.dumps(results, indent=1))
     return 0
@@ -267,6 +272,45 @@ def run_page_cache(m: Mounted, floor: str) -> dict[str, object]:
                      "ratio": round(ratio, 2), "dmemfs_requests": count(d, fn_d),
                      "floor_requests": count(f, fn_f)}
     return out
+
+
+def run_state(plain: Mounted, st: Mounted, state_dir: str) -> dict[str, object]:
+    """What durability costs: a limit write that returns once it is on disk (--state,
+    fdatasync per write, or one per group of concurrent writes) against the same write on a
+    mount without --state. The state directory is a temporary directory (set
+    DMEMFS_BENCH_STATE_DIR to measure another filesystem)."""
+    with open(os.path.join(st.cgroup, "cgroup.subtree_control"), "w") as f:
+        f.write("+dmem")
+    os.mkdir(os.path.join(st.cgroup, "a"))
+    values = [f"{REGION} {n}M".encode() for n in (1, 2)]
+
+    def writer(m: Mounted) -> Callable[[], None]:
+        path = os.path.join(m.cgroup, "a", "dmem.max")
+        i = [0]
+
+        def run() -> None:  # a different value each time: every write changes the state
+            i[0] ^= 1
+            fd = os.open(path, os.O_WRONLY)
+            os.write(fd, values[i[0]])
+            os.close(fd)
+        return run
+
+    us_s, us_p, ratio = measure_pair(writer(st), writer(plain), 500)
+    return {"limit_write_durable_us": round(us_s, 1), "limit_write_plain_us": round(us_p, 1),
+            "ratio": round(ratio, 2), "state_dir": state_dir,
+            "state_fs": _fstype(state_dir)}
+
+
+def _fstype(path: str) -> str:
+    """The filesystem type of the mount holding ``path`` (from /proc/self/mounts)."""
+    best, fstype = "", "?"
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            _, point, kind, *_ = line.split()
+            if (path == point or path.startswith(point.rstrip("/") + "/")) and len(
+                    point) > len(best):
+                best, fstype = point, kind
+    return fstype
 
 
 def _fresh_handles(t: Target) -> Callable[[], None]:

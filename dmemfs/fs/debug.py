@@ -71,7 +71,11 @@ def add_debug_files(ops: Operations, profile: Profile, mountpoint: str) -> None:
     def query(mode: int, answer: Callable[[Opener, str], str]) -> SpecialFile:
         return SpecialFile(Attr(0, 0, mode), lambda o, f: QueryHandle(o, answer))
 
-    ops.add_file(ops.debug, "daemon", text(lambda: daemon_info(profile, mountpoint)))
+    def daemon() -> str:
+        state = ops.state_status() + "\n" if ops.state_status is not None else ""
+        return daemon_info(profile, mountpoint) + f"lineage {ops.host.mode}\n" + state
+
+    ops.add_file(ops.debug, "daemon", text(daemon))
     ops.add_file(ops.debug, "requests", text(requests))
     ops.add_file(ops.debug, "inspect", query(0o600, lambda o, t: inspect(ops.tree, t)))
     ops.add_file(ops.debug, "pid-cgroup", query(0o666, lambda o, t: pid_cgroup(ops.host, t)))

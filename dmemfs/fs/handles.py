@@ -28,7 +28,8 @@ class Opener:
     a file to read costs none.
     """
 
-    __slots__ = ("_creds", "_pid", "flags", "gid", "host", "tid", "uid")
+    __slots__ = ("_birth", "_creds", "_holder", "_pid", "flags", "gid", "host", "ino",
+                 "position", "tid", "uid")
 
     def __init__(self, tid: int, uid: int, gid: int, host: HostProcesses,
                  flags: int = os.O_RDONLY) -> None:
@@ -38,8 +39,14 @@ class Opener:
         self.host = host
         #: The flags given to open() (what ``f_flags`` was before any fcntl).
         self.flags = flags
+        #: The opened file's inode, and its file position at the current call (set by the
+        #: request handlers): they identify the open file in /proc/PID/fdinfo.
+        self.ino = 0
+        self.position = 0
         self._pid: int | None = None
+        self._birth: float | None = None
         self._creds: Creds | None = None
+        self._holder: tuple[int, int] | None = None
 
     @property
     def pid(self) -> int:
@@ -47,6 +54,7 @@ class Opener:
         if self._pid is None:
             try:
                 self._pid = self.host.resolve(self.tid)
+                self._birth = self.host.birth(self._pid)
             except DmemError:
                 self._pid = self.tid  # it already exited; it cannot be moved either
         return self._pid
@@ -58,8 +66,25 @@ class Opener:
         return self._creds
 
     def caller_pid(self) -> int:
-        """Who makes a call on this open file when the request did not say: the opener."""
-        return self.pid
+        """Who makes a call on this open file when the FUSE request did not say (see
+        :class:`Call`): one of the live processes holding this open file.
+
+        That is the opener while it lives; once it exited, a process that inherited the file
+        or was passed it, found in /proc by the file's inode and position (see
+        :meth:`HostProcesses.holder`). Only when no live holder can be seen (all of them in
+        another PID namespace, say) does the exited opener stand in, and its cgroup is then
+        the root's.
+        """
+        pid = self.pid
+        if self._birth is not None and self.host.birth(pid) == self._birth:
+            return pid
+        self._holder = self.host.holder(self.ino, self.position, self._holder)
+        if self._holder is None:
+            return pid
+        try:
+            return self.host.resolve(self._holder[0])
+        except DmemError:
+            return pid
 
     def resolve_pid(self, pid: int) -> int:
         return self.host.resolve(pid)
@@ -158,7 +183,6 @@ class CgroupFileHandle(Handle):
         if self.node.gone:
             raise NoDevice(f"{self.node.cgroup.path} was removed")
         if self.row.name in PROCESS_FILES:
-            self.opener.host.refresh()
             self.opener.host.prune(self.node.cgroup)
 
     def render(self) -> bytes:

@@ -7,6 +7,7 @@ import errno
 import functools
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
@@ -35,6 +36,7 @@ from dmemfs.fs.inodes import (
     StaticDir,
 )
 from dmemfs.procs import HostProcesses
+from dmemfs.profile import MAX_XATTR_BYTES, MAX_XATTRS
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +44,6 @@ log = logging.getLogger(__name__)
 #: and it tells the kernel when it does (see _controller_files_changed); everything else the
 #: kernel learns from the replies to its own mkdir/rmdir/setattr.
 TIMEOUT = 300.0
-#: kernfs: at most this many user.* xattrs per node and this many bytes of values in total.
-MAX_XATTRS = 128
-MAX_XATTR_BYTES = 128 << 10
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -101,6 +100,16 @@ def _invalidate(entries: list[tuple[int, bytes]], attrs: list[int]) -> None:
             pass
 
 
+def _configured_by(handle: Handle) -> list[Cgroup]:
+    """The cgroups whose configuration a write through ``handle`` may change."""
+    if not isinstance(handle, CgroupFileHandle):
+        return []
+    cg = handle.node.cgroup
+    if handle.row.name == "cgroup.subtree_control":
+        return [cg, *cg.children.values()]
+    return [cg]
+
+
 class DirHandle:
     __slots__ = ("entries", "node")
 
@@ -125,8 +134,11 @@ class Operations(pyfuse3.Operations):
         self.page_cache = page_cache
         #: Nodes with open page-cache handles, and how many.
         self._cached_open: dict[CgroupFileNode, int] = {}
-        #: Called after a request that may have changed the configuration (--state).
-        self.config_changed: Callable[[], None] = lambda: None
+        #: --state: awaited after a request that may have changed the configuration of these
+        #: cgroups (a removed one is dying); returns once the change is durable.
+        self.config_changed: Callable[[list[Cgroup]], Awaitable[None]] | None = None
+        #: --state: one line saying whether the configuration is saved (debug/daemon).
+        self.state_status: Callable[[], str] | None = None
         self.root = StaticDir(None)
         self.inodes = InodeTable(tree)
         self.inodes.add(self.root, ROOT_INODE)
@@ -184,37 +196,50 @@ class Operations(pyfuse3.Operations):
         except DmemError:
             return None
 
-    def _open_cached(self, node: CgroupFileNode) -> None:
-        """Before a read-only open returns: put the current content in the page cache, and
-        make the kernel fetch the size again if it changed."""
-        content = self._render(node) or b""
-        if content == node.shown:
-            return
-        try:
-            if node.shown is None or len(content) != len(node.shown):
-                pyfuse3.invalidate_inode(node.ino, attr_only=False)
-            pyfuse3.notify_store(node.ino, 0, content)
-        except OSError:
-            pass  # the kernel dropped the inode meanwhile; it will ask again
-        node.shown = content
+    def _open_cached(self, node: CgroupFileNode) -> bool:
+        """Before a read-only open returns: may the kernel keep what it caches of ``node``?
 
-    def _after_change(self, *, config: bool = True) -> None:
+        If the content changed since the kernel last read it, no: the open drops the cached
+        pages (``keep_cache`` off, done by the kernel in the opener's context) and the size is
+        asked for again, so the read that follows fetches the new content.
+        """
+        if self._render(node) == node.shown:
+            return True
+        self._stale(node)
+        return False
+
+    async def _after_change(self, changed: Sequence[Cgroup] = ()) -> None:
         """After a request that may have changed the engine: refresh what the page cache
-        holds of open files, and (``config``) tell --state the configuration may differ."""
+        holds of open files, and tell --state the configuration of ``changed`` may differ
+        (returning once that is saved)."""
         if self._cached_open:
             self._refresh_cached()
-        if config:
-            self.config_changed()
+        if changed and self.config_changed is not None:
+            await self.config_changed(list(changed))
 
     def _refresh_cached(self) -> None:
-        """Drop the cached pages of open files whose content is no longer what they show."""
+        """Mark stale the cached pages of open files whose content is no longer what they show."""
         for node in self._cached_open:
             if node.shown is not None and self._render(node) != node.shown:
-                node.shown = None
-                try:
-                    pyfuse3.invalidate_inode(node.ino, attr_only=False)
-                except OSError:
-                    pass
+                self._stale(node)
+
+    @staticmethod
+    def _stale(node: CgroupFileNode) -> None:
+        """The kernel's copy of ``node`` is out of date: give it a new mtime and make the
+        kernel ask for the attributes again.
+
+        Only the attributes are invalidated here: dropping pages (``attr_only=False``) or
+        storing new ones (``notify_store``) must lock each page, and a reader may hold that
+        lock while it waits for a READ this loop would never serve (a deadlock). The pages
+        are dropped by the kernel itself, in the reader's context, when the next read (or
+        stat) gets attributes with a new mtime (FUSE's auto_inval_data, on by default).
+        """
+        node.shown = None
+        node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
+        try:
+            pyfuse3.invalidate_inode(node.ino, attr_only=True)
+        except OSError:
+            pass  # the kernel dropped the inode meanwhile; it will ask again
 
     def _child(self, parent: Node, name: str) -> Node | None:
         """The node named ``name`` in directory ``parent`` (created on demand), or None."""
@@ -328,7 +353,8 @@ class Operations(pyfuse3.Operations):
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
         if uid is not None or gid is not None or mode is not None:
             self._set_attr(node, uid, gid, mode)
-            self._after_change()
+            await self._after_change(
+                [node.cgroup] if isinstance(node, CgroupDir | CgroupFileNode) else [])
         # Truncation (O_TRUNC, truncate(1)) and time updates are accepted and ignored.
         return self._reply(node)
 
@@ -389,7 +415,7 @@ class Operations(pyfuse3.Operations):
         parent = self._cgroup_dir(parent_inode)
         creds = Creds(ctx.uid, ctx.gid)
         child = self.tree.mkdir(parent, _name(name), creds, mode & 0o7777 & ~ctx.umask)
-        self._after_change()
+        await self._after_change([child])
         node = self.inodes.cgroup_dir(child)
         node.lookups += 1
         return self._reply(node)
@@ -408,10 +434,9 @@ class Operations(pyfuse3.Operations):
         if child is None:
             is_file = lookup_file(self.tree, parent, _name(name)) is not None
             raise _err(errno.ENOTDIR if is_file else errno.ENOENT)
-        self.host.refresh()
         self.host.prune(child)
         self.tree.rmdir(child)
-        self._after_change()
+        await self._after_change([child])
 
     @fuse_errors
     async def rename(
@@ -467,6 +492,7 @@ class Operations(pyfuse3.Operations):
         wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
         wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
         opener = self._opener(ctx, flags)
+        opener.ino = inode
         handle: Handle
         if isinstance(node, CgroupFileNode):
             if not node.row.exists(node.cgroup, self.tree.profile):
@@ -478,10 +504,10 @@ class Operations(pyfuse3.Operations):
             if wants_write and (node.row.write is None or not mode & 0o222):
                 raise _err(errno.EACCES)
             if not wants_write and self._cacheable(node):
-                self._open_cached(node)
+                keep = self._open_cached(node)
                 self._cached_open[node] = self._cached_open.get(node, 0) + 1
                 fh = self._new_fh(CachedFileHandle(opener, node))
-                return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=True)
+                return pyfuse3.FileInfo(fh=fh, direct_io=False, keep_cache=keep)
             handle = CgroupFileHandle(opener, node)
         elif isinstance(node, SpecialFile):
             handle = node.open_handle(opener, flags)
@@ -497,12 +523,14 @@ class Operations(pyfuse3.Operations):
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         call = self._call(fh)  # first: the request is only ours until the first await
         handle = self._handle(fh)
+        handle.opener.position = off
         try:
             written = handle.write(buf, Call(handle.opener, *call))
         finally:
             # Even a failed write may have changed something (6.14 applies lines up to the
-            # first bad one). Device ioctls change usage, not configuration.
-            self._after_change(config=isinstance(handle, CgroupFileHandle))
+            # first bad one). Device ioctls change usage, not configuration; +dmem/-dmem
+            # changes the children's dmem files too.
+            await self._after_change(_configured_by(handle))
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
         return written
@@ -550,7 +578,7 @@ class Operations(pyfuse3.Operations):
             if n:
                 self._cached_open[handle.node] = n
         else:
-            self._after_change(config=False)  # closing a device file frees its buffers
+            await self._after_change()  # closing a device file frees its buffers
 
     # -- extended attributes (user.* on cgroup directories) ------------------------------
 
@@ -580,7 +608,7 @@ class Operations(pyfuse3.Operations):
         if len(xattrs) > MAX_XATTRS or sum(len(v) for v in xattrs.values()) > MAX_XATTR_BYTES:
             raise _err(errno.ENOSPC)
         cg.xattrs = xattrs
-        self._after_change()
+        await self._after_change([cg])
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
@@ -595,7 +623,7 @@ class Operations(pyfuse3.Operations):
         if not cg.xattrs or _name(name) not in cg.xattrs:
             raise _err(pyfuse3.ENOATTR)
         del cg.xattrs[_name(name)]
-        self._after_change()
+        await self._after_change([cg])
 
     @fuse_errors
     async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:

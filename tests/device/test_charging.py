@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from dmemfs.client import XeDevice
-from dmemfs.testing import Mounted
+from dmemfs.testing import Mounted, mounted
 from tests.device.helpers import (
     bos,
     cgroups,
@@ -542,3 +542,75 @@ def test_debug_views_list_bos_and_evictions(mnt: Mounted, gpu: XeDevice) -> None
     assert regions[1] == ["system", "-", str(64 << 30), str(2 * MiB), "0"]
     assert regions[2] == ["vram0", REGION, str(4 * MiB), str(3 * MiB), str(MiB)]
     assert os.listdir(os.path.join(mnt.debug, "dri")) == [PCI]
+
+
+# -- inherited device files ----------------------------------------------------------------------
+
+INHERIT = r"""
+import os, sys
+dev, lim = sys.argv[1], sys.argv[2]
+fd = os.open(dev, os.O_RDWR)            # opened here, in the root cgroup
+r, w = os.pipe()
+if os.fork() == 0:                      # the child inherits the open device file
+    os.close(w)
+    with open(os.path.join(lim, "cgroup.procs"), "w") as f:
+        f.write(str(os.getpid()))
+    os.read(r, 1)                       # EOF: the opener has exited
+    for size in ("2M", "512K"):
+        try:
+            os.write(fd, f"GEM_CREATE size={size} placement=vram0".encode())
+            print(size, os.read(fd, 4096).decode().strip(), flush=True)
+        except OSError as e:
+            print(size, e.strerror, flush=True)
+    os._exit(0)
+os._exit(0)                             # the opener exits; the child still holds the file
+"""
+
+
+def _inherit(mnt: Mounted, code: str) -> list[str]:
+    cgroups(mnt, "lim")
+    mnt.write("lim/dmem.max", f"{REGION} 1M")  # the device has 4M
+    # stdout reaches EOF once the child, which holds it too, has exited.
+    res = subprocess.run([sys.executable, "-c", code, dev(mnt),
+                          os.path.join(mnt.cgroup, "lim")],
+                         capture_output=True, text=True, timeout=60)
+    out = res.stdout.splitlines()
+    assert len(out) == 2, res.stdout + res.stderr
+    return out
+
+
+OPENER_WAITS = INHERIT.replace("os._exit(0)                             # the opener exits",
+                               "os.close(w); os.wait()                  # the opener waits")
+
+
+@pytest.mark.parametrize("callers", ["request", "opener"])
+def test_an_inherited_device_file_charges_the_caller(callers: str) -> None:
+    """The opener exited; the child that inherited the file calls, so its cgroup (and its
+    limit) is charged, not the root. With the request's caller (default) that is exact; the
+    fallback finds the live holder of the same open file."""
+    from tests.conftest import _require_fuse
+
+    _require_fuse()
+    env = dict(os.environ, DMEMFS_CALLERS=callers)
+    with mounted(["--device", DEVICE], env=env) as m:
+        out = _inherit(m, INHERIT)
+    assert out[0] == "2M Cannot allocate memory"
+    assert out[1].startswith("512K handle=") and "placement=vram0" in out[1]
+
+
+def test_a_live_opener_does_not_stand_for_the_caller(mnt: Mounted) -> None:
+    """The kernel charges the calling task: the child, in the 1M-limited cgroup, even while
+    the opener (in the root) lives."""
+    out = _inherit(mnt, OPENER_WAITS)
+    assert out[0] == "2M Cannot allocate memory"
+
+
+def test_fallback_a_live_opener_stands_for_every_holder() -> None:
+    """Without the request's caller, a live opener is taken for the caller (documented)."""
+    from tests.conftest import _require_fuse
+
+    _require_fuse()
+    env = dict(os.environ, DMEMFS_CALLERS="opener")
+    with mounted(["--device", DEVICE], env=env) as m:
+        out = _inherit(m, OPENER_WAITS)
+    assert out[0].startswith("2M handle="), out

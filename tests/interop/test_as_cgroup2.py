@@ -72,3 +72,62 @@ def test_as_cgroup2_errors_are_one_line(mnt: Mounted, bad: list[str]) -> None:
     res = as_cgroup2(mnt, *bad, target, "--", "true")
     assert res.returncode == 1
     assert res.stderr.count("\n") == 1 and res.stderr.startswith("dmemfs: ")
+
+
+PLANTED = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void planted(void) {
+    FILE *f = fopen(MARKER, "w");
+    if (f) fclose(f);
+}
+"""
+
+
+def _plant(tmp_path, cache: str) -> tuple[str, str]:  # type: ignore[no-untyped-def]
+    """A library that leaves a marker file when loaded, under the shim's cached name."""
+    import hashlib
+
+    from dmemfs.shim import SOURCE
+
+    with open(SOURCE, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()[:12]
+    marker = str(tmp_path / "planted-library-ran")
+    src = tmp_path / "planted.c"
+    src.write_text(f'#define MARKER "{marker}"\n' + PLANTED)
+    os.makedirs(cache, exist_ok=True)
+    target = os.path.join(cache, f"statfs_shim-{digest}.so")
+    subprocess.run(["cc", "-shared", "-fPIC", "-o", target, str(src)], check=True)
+    return target, marker
+
+
+@pytest.mark.parametrize("how", ["file-owned-by-other", "dir-owned-by-other",
+                                 "dir-writable-by-others"])
+def test_a_planted_cached_shim_is_never_preloaded(mnt: Mounted, tmp_path, how: str) -> None:
+    """$XDG_CACHE_HOME/dmemfs is the caller's (sudo -E keeps it): a library another user
+    could plant or swap there must not be preloaded into a root command."""
+    base = tmp_path / "xdg"
+    base.mkdir()
+    cache = str(base / "dmemfs")
+    target, marker = _plant(tmp_path, cache)
+    nobody = 65534
+    if how == "file-owned-by-other":
+        os.chown(target, nobody, nobody)
+    elif how == "dir-owned-by-other":
+        os.chown(cache, nobody, nobody)
+    else:
+        os.chmod(cache, 0o777)
+    env = dict(os.environ, XDG_CACHE_HOME=str(base))
+    res = as_cgroup2(mnt, "--statfs", mnt.path, "--", "true", env=env)
+    assert not os.path.exists(marker), "the planted library was preloaded"
+    assert res.returncode == 1
+    assert res.stderr.count("\n") == 1 and "refusing to preload the statfs shim" in res.stderr
+
+
+def test_the_cached_shim_is_private(mnt: Mounted, tmp_path) -> None:
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path))
+    res = as_cgroup2(mnt, "--statfs", mnt.path, "--", "true", env=env)
+    assert res.returncode == 0, res.stderr
+    st = os.stat(tmp_path / "dmemfs")
+    assert st.st_mode & 0o777 == 0o700 and st.st_uid == os.geteuid()
+    res = as_cgroup2(mnt, "--statfs", mnt.path, "--", "true", env=env)  # the cached one
+    assert res.returncode == 0, res.stderr
