@@ -33,6 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 from dmemfs.engine.dmem import Dmem, DmemCss, Pool, Region
 from dmemfs.errors import (
@@ -46,6 +47,9 @@ from dmemfs.errors import (
     error_for,
 )
 from dmemfs.profile import Profile
+
+if TYPE_CHECKING:
+    from dmemfs.engine.cgroup import Cgroup
 
 log = logging.getLogger(__name__)
 
@@ -294,16 +298,20 @@ class _Walk:
     evicted: int = 0
 
 
-@dataclass(frozen=True, slots=True)
-class Eviction:
+class Eviction(NamedTuple):
     time: float
     victim: BufferObject
-    victim_cgroup: str
+    #: The cgroup the victim was charged to (its path is looked up when shown).
+    victim_cg: Cgroup | None
     size: int
     manager: str
     reason: str
     evictor_pid: int
     evictor_cgroup: str
+
+    @property
+    def victim_cgroup(self) -> str:
+        return self.victim_cg.path if self.victim_cg is not None else "-"
 
 
 @dataclass
@@ -311,11 +319,20 @@ class EvictionLog:
     """The last evictions of a device and counts per victim cgroup."""
 
     entries: deque[Eviction] = field(default_factory=lambda: deque(maxlen=EVICTION_LOG))
-    by_cgroup: dict[str, int] = field(default_factory=dict)
+    by_cgroup: dict[Cgroup | None, int] = field(default_factory=dict)
 
     def add(self, e: Eviction) -> None:
         self.entries.append(e)
-        self.by_cgroup[e.victim_cgroup] = self.by_cgroup.get(e.victim_cgroup, 0) + 1
+        counts = self.by_cgroup
+        counts[e.victim_cg] = counts.get(e.victim_cg, 0) + 1
+
+    def counts_by_path(self) -> dict[str, int]:
+        """Evictions per victim cgroup path (a removed and re-made cgroup counts as one)."""
+        out: dict[str, int] = {}
+        for cg, n in self.by_cgroup.items():
+            path = cg.path if cg is not None else "-"
+            out[path] = out.get(path, 0) + n
+        return out
 
 
 class TtmDevice:
@@ -548,8 +565,8 @@ class TtmDevice:
         bo.evictions += 1
         self.evicted_bytes += bo.size
         self.log.add(Eviction(
-            time.time(), bo, pool.css.cgroup.path if pool is not None else "-", bo.size,
-            man.name, w.reason, w.evictor_pid, w.evictor_cgroup,
+            time.time(), bo, pool.css.cgroup if pool is not None else None, bo.size, man.name,
+            w.reason, w.evictor_pid, w.evictor_cgroup,
         ))
         return True
 
@@ -701,24 +718,25 @@ class _Victims:
     ``hit_low``. Any eviction changes the state, so the next call starts over.
     """
 
-    __slots__ = ("dev", "dmem", "man", "pos", "started", "w")
+    __slots__ = ("aware", "dev", "dmem", "man", "pos", "w")
 
     def __init__(self, dev: TtmDevice, w: _Walk) -> None:
         self.dev = dev
         self.dmem = dev.dmem
         self.w = w
         self.man = w.manager
+        self.aware = dev.profile.protection_aware_eviction
         #: The next BO of the LRU to look at.
         self.pos: BufferObject | None = w.manager.lru_head
-        self.started = False
 
     def _busy(self, bo: BufferObject) -> bool:
         return bo in self.w.busy
 
     def _check(self, bo: BufferObject) -> bool:
         """``ttm_bo_evict_cb`` up to the eviction: may this BO go?"""
-        w, st = self.w, self.w.state
-        if self.dev.profile.protection_aware_eviction:
+        w = self.w
+        st = w.state
+        if self.aware:
             if not st.may_try_low and bo.pool is st.charge_pool:
                 return False  # a protected allocator spares its own cgroup's BOs
             limit = st.limit_pool
@@ -734,9 +752,11 @@ class _Victims:
     def next(self) -> BufferObject | None:
         bo = self.pos
         budget = self.dev.fast_path
+        busy = self.w.busy
+        check = self._check
         while bo is not None and (budget is None or budget > 0):
             nxt = bo.lru_next
-            if not self._busy(bo) and self._check(bo):
+            if (not busy or bo not in busy) and check(bo):
                 self.pos = nxt
                 return bo
             bo = nxt

@@ -45,4 +45,4 @@ def evictions(device: Device) -> str:
 
 
 def eviction_counts(device: Device) -> str:
-    return "".join(f"{path} {n}\n" for path, n in sorted(device.log.by_cgroup.items()))
+    return "".join(f"{path} {n}\n" for path, n in sorted(device.log.counts_by_path().items()))

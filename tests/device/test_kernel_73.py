@@ -380,3 +380,20 @@ def test_peak_and_a_failed_charge_raising_it(
         assert value(mnt, "a/b", "dmem.peak") == 2 * MiB  # the failed 2M charge, at b
         assert value(mnt, "a", "dmem.peak") == 512 * KiB  # a refused it: not raised
         assert value(mnt, "a/b") == 0
+
+
+# -- --pinning off -------------------------------------------------------------------------------
+
+
+@pytest.mark.dmemfs_args("--device", DEVICE, "--pinning", "off")
+def test_pinning_off_is_mainline(mnt: Mounted, gpu: XeDevice) -> None:
+    cgroups(mnt, "a")
+    set_limit(mnt, "a", "dmem.min", "1M")
+    assert not os.path.exists(os.path.join(mnt.cgroup, "dmem.pinned"))
+    assert not os.path.exists(os.path.join(mnt.cgroup, "a", "dmem.pinned"))
+    assert "dmem.pinned" not in os.listdir(os.path.join(mnt.cgroup, "a"))
+    with inside(mnt, "a"):
+        assert errno_of(gpu.gem_create, "1M", ("vram0",), flags=("PINNED",)) == errno.EINVAL
+        assert gpu.gem_create("1M", ("vram0",)).pinned is False
+    with open(os.path.join(mnt.debug, "daemon")) as f:
+        assert "profile 7.3\npinning off\n" in f.read()

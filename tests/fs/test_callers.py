@@ -50,32 +50,25 @@ def test_daemon_reads_callers_from_requests(mnt: Mounted) -> None:
 def test_zero_in_cgroup_procs_moves_the_writer_not_the_opener(mnt: Mounted) -> None:
     os.mkdir(os.path.join(mnt.cgroup, "a"))
     fd = os.open(os.path.join(mnt.cgroup, "a", "cgroup.procs"), os.O_WRONLY)
-    r, w = os.pipe()
+    done_r, done_w = os.pipe()  # child -> parent: "I have written"
+    go_r, go_w = os.pipe()  # parent -> child: "you may exit"
     try:
-        def child() -> None:
-            os.write(fd, b"0")
-            os.write(w, str(os.getpid()).encode())
-            os.read(r, 1)  # stay alive until the parent has looked
-
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child
             try:
-                child()
+                os.write(fd, b"0")
+                os.write(done_w, b"x")
+                os.read(go_r, 1)
             finally:
                 os._exit(0)
-        # the child reports its pid once it has written
-        data = b""
-        while not data:
-            data = os.read(r, 32)
-        assert int(data) == pid
+        assert os.read(done_r, 1) == b"x"
         assert _cgroup_of(mnt, pid) == "0::/a"
         assert _cgroup_of(mnt, os.getpid()) == "0::/"  # the opener stayed where it was
-        os.write(w, b"x")
+        os.write(go_w, b"x")
         os.waitpid(pid, 0)
     finally:
-        os.close(fd)
-        os.close(r)
-        os.close(w)
+        for f in (fd, done_r, done_w, go_r, go_w):
+            os.close(f)
 
 
 @pytest.mark.dmemfs_args("--device", "xe,pci=0000:03:00.0,vram0=64M")
