@@ -74,6 +74,10 @@ class NoProcess(DmemError):
     errno = _errno.ESRCH
 
 
+class BadFile(DmemError):
+    errno = _errno.EBADF
+
+
 class NotImplementedByKernel(DmemError):
     """The emulated kernel code path returns ENOSYS (e.g. pinning system memory in the RFC)."""
 

@@ -15,11 +15,14 @@ import trio
 
 from dmemfs.device import views
 from dmemfs.device.config import DEFAULT_DEVICE, DeviceConfig
+from dmemfs.device.dmabuf import DmaBufTable
 from dmemfs.device.protocol import Session
 from dmemfs.device.selftest import DmemSelftest
 from dmemfs.device.xe import Device
 from dmemfs.engine.cgroup import Attr, CgroupTree
+from dmemfs.fs import dmabufs
 from dmemfs.fs.debug import add_debug_files
+from dmemfs.fs.dmabufs import DmaBufDir
 from dmemfs.fs.handles import Call, CommandHandle, DeviceHandle, Opener, TextHandle
 from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import Operations
@@ -57,9 +60,12 @@ def build(options: MountOptions, lineage: TraceLineage | None = None) -> Operati
     ops = Operations(tree, host, page_cache=options.page_cache)
     if options.selftest:
         _add_selftest(ops, DmemSelftest(tree))
-    devices = [Device(config, minor, tree) for minor, config in enumerate(options.devices)]
+    dmabufs = DmaBufTable()
+    devices = [Device(config, minor, tree, dmabufs=dmabufs)
+               for minor, config in enumerate(options.devices)]
     for device in devices:
         _add_device(ops, device)
+    _add_dmabufs(ops, dmabufs)
     add_debug_files(ops, options.profile, options.mountpoint)
     return ops
 
@@ -91,6 +97,23 @@ def _add_device(ops: Operations, device: Device) -> None:
         ops.add_file(debug, name, SpecialFile(ro, functools.partial(_text_handle, text)))
     ops.add_file(debug, "bos", SpecialFile(ro, lambda o, f: TextHandle(
         o, lambda: views.bos(device, o.uid))))
+    text = functools.partial(views.dmabuf_stalls, device)
+    ops.add_file(debug, "dmabuf_stalls", SpecialFile(ro, functools.partial(_text_handle, text)))
+
+
+def _add_dmabufs(ops: Operations, table: DmaBufTable) -> None:
+    """``dev/dma_buf/ID`` per exported buffer and ``debug/dma_buf/bufinfo`` listing them
+    (the kernel has ``/sys/kernel/debug/dma_buf/bufinfo``)."""
+    directory = DmaBufDir(ops.dev, table)
+    ops.inodes.add(directory)
+    ops.dev.children["dma_buf"] = directory
+    debug = ops.add_dir(ops.debug, "dma_buf")
+
+    def bufinfo() -> str:
+        return "".join(dmabufs.describe(b) for b in table)
+
+    ops.add_file(debug, "bufinfo", SpecialFile(Attr(0, 0, 0o444),
+                                               functools.partial(_text_handle, bufinfo)))
 
 
 def _text_handle(render: Callable[[], str], opener: Opener, flags: int) -> TextHandle:

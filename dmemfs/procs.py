@@ -65,6 +65,27 @@ def supplementary_groups(pid: int) -> frozenset[int]:
     return frozenset()
 
 
+def process_creds(tid: int) -> Creds | None:
+    """The credentials a thread acts with (its file-system uid and gid, as permission checks
+    use, and supplementary groups), or None if it is gone."""
+    uid = gid = None
+    groups: frozenset[int] = frozenset()
+    try:
+        with open(f"/proc/{tid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"Uid:"):
+                    uid = int(line.split()[4])  # real, effective, saved, file system
+                elif line.startswith(b"Gid:"):
+                    gid = int(line.split()[4])
+                elif line.startswith(b"Groups:"):
+                    groups = frozenset(int(g) for g in line.split()[1:])
+    except (OSError, ValueError, IndexError):
+        return None
+    if uid is None or gid is None:
+        return None
+    return Creds(uid, gid, groups)
+
+
 def creds_of(pid: int, uid: int, gid: int) -> Creds:
     return Creds(uid, gid, supplementary_groups(pid))
 
@@ -283,6 +304,16 @@ class HostProcesses:
                 if self._holds(pid, int(fd), ino, pos):
                     return pid, int(fd)
         return None
+
+    def open_file(self, pid: int, fd: int) -> str | None:
+        """The path inside this mount of the file process ``pid`` holds open as ``fd``
+        (``/proc/PID/fd``; no request to the mount is made), or None."""
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            return None
+        prefix = self.mountpoint + "/"
+        return target[len(prefix):] if target.startswith(prefix) else None
 
     def _holds(self, pid: int, fd: int, ino: int, pos: int) -> bool:
         try:

@@ -57,6 +57,9 @@ class Profile:
     #: victims judged against the common ancestor with the allocator. 6.14: protection is
     #: evaluated against the root and a failed charge inside the eviction walk ends it.
     protection_aware_eviction: bool
+    #: 7.3 xe ("drm/xe/dma-buf: Allow pinning of p2p dma-buf"): a dma-buf pin keeps the BO
+    #: in VRAM when every importer is peer-to-peer. 6.14: a pin moves it to system memory.
+    pin_p2p_dma_buf: bool
     pinning: PinningMode = "intended"
     #: Effective-protection products are computed in u64 and wrap like the kernel's (default);
     #: ``False`` computes them with unbounded integers.
@@ -77,9 +80,9 @@ class Profile:
 
 
 V7_3 = Profile(name="7.3", single_region_write=True, has_peak=True, reclaim_on_max=True,
-               protection_aware_eviction=True)
+               protection_aware_eviction=True, pin_p2p_dma_buf=True)
 V6_14 = Profile(name="6.14", single_region_write=False, has_peak=False, reclaim_on_max=False,
-                protection_aware_eviction=False)
+                protection_aware_eviction=False, pin_p2p_dma_buf=False)
 #: ``latest`` is the newest emulated kernel.
 LATEST = V7_3
 PROFILES: dict[str, Profile] = {"latest": LATEST, "7.3": V7_3, "6.14": V6_14}

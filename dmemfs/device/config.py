@@ -30,6 +30,8 @@ class DeviceConfig:
     vram: tuple[int, ...]
     system: int = 64 * GiB
     driver: str = "xe"
+    #: Whether the device can do PCIe peer-to-peer DMA with other capable devices.
+    p2p: bool = True
 
     def region_names(self) -> list[str]:
         return [f"drm/{self.pci}/vram{i}" for i in range(len(self.vram))]
@@ -48,7 +50,7 @@ def _size(key: str, text: str, page: int) -> int:
 
 
 def _build(fields: dict[str, str], where: str) -> DeviceConfig:
-    unknown = set(fields) - {"driver", "pci", "vram0", "vram1", "system"}
+    unknown = set(fields) - {"driver", "pci", "vram0", "vram1", "system", "p2p"}
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     driver = fields.get("driver", "xe")
@@ -66,7 +68,11 @@ def _build(fields: dict[str, str], where: str) -> DeviceConfig:
         if "vram1" in fields:
             vram += (_size("vram1", fields["vram1"], VRAM_PAGE),)
     system = _size("system", fields["system"], SYSTEM_PAGE) if "system" in fields else 64 * GiB
-    return DeviceConfig(pci=pci, vram=vram, system=system, driver=driver)
+    p2p_text = fields.get("p2p", "1").lower()
+    if p2p_text not in ("0", "1", "true", "false"):
+        raise ConfigError(f"{where}: p2p={fields['p2p']!r} must be 0 or 1")
+    return DeviceConfig(pci=pci, vram=vram, system=system, driver=driver,
+                        p2p=p2p_text in ("1", "true"))
 
 
 def parse_device_spec(spec: str) -> DeviceConfig:

@@ -11,11 +11,14 @@ Numbers follow the kernel's ``kstrtou64``/``memparse`` (ASCII digits only).
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Protocol
 
-from dmemfs.device.xe import SYSTEM, Caching, Client, Device, Flag, XeBo
+from dmemfs.device.dmabuf import DmaBuf, Importer
+from dmemfs.device.xe import SYSTEM, Caching, Client, Device, Flag, XeBo, may_open
+from dmemfs.engine.cgroup import Creds
 from dmemfs.engine.dmem import DmemCss
 from dmemfs.engine.parse import KSPACE, kstrtou64, memparse
-from dmemfs.errors import InvalidArgument, NotFound, OutOfRange, TooBig
+from dmemfs.errors import AccessDenied, BadFile, InvalidArgument, NotFound, OutOfRange, TooBig
 from dmemfs.profile import MAX_WRITE
 
 U32_MAX = (1 << 32) - 1
@@ -30,7 +33,27 @@ VERBS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "QUERY": (frozenset({"what"}), frozenset()),
     "EXEC": (frozenset({"handles"}), frozenset()),
     "BO_INFO": (frozenset({"handle"}), frozenset()),
+    "PRIME_EXPORT": (frozenset({"handle"}), frozenset()),
+    "PRIME_IMPORT": (frozenset(), frozenset({"dmabuf", "fd", "importer"})),
 }
+
+
+class Caller(Protocol):
+    """Who makes a request (the file system layer knows; see dmemfs/fs/handles.py)."""
+
+    @property
+    def pid(self) -> int:
+        """The calling process, known to the cgroup tree."""
+        ...
+
+    @property
+    def caller_creds(self) -> Creds:
+        """The calling process's credentials."""
+        ...
+
+    def dmabuf_fd(self, fd: int) -> int | None:
+        """The id of the dma-buf the caller holds open as descriptor ``fd``, if it does."""
+        ...
 
 
 def _tokens(line: str) -> list[str]:
@@ -113,10 +136,27 @@ def _flags(value: str) -> frozenset[Flag]:
     return frozenset(out)
 
 
-def format_bo(bo: XeBo) -> str:
-    cgroup = bo.pool.css.cgroup.path if bo.pool is not None else "-"
-    return (f"handle={bo.handle} size={bo.size} placement={bo.placement} "
-            f"pinned={int(bo.pinned)} cgroup={cgroup} evictions={bo.evictions}\n")
+def format_bo(handle: int, bo: XeBo) -> str:
+    """BO_INFO of a handle. For an imported BO the placement, pinned state, cgroup and
+    evictions are those of the exporter's BO it uses; p2p and stalls are its own. The
+    dma-buf fields appear only for a BO that is exported or imported."""
+    target = bo.exported_bo
+    cgroup = target.pool.css.cgroup.path if target.pool is not None else "-"
+    line = (f"handle={handle} size={target.size} placement={target.placement} "
+            f"pinned={int(target.pinned)} cgroup={cgroup} evictions={target.evictions}")
+    dmabuf = target.dma_buf
+    if dmabuf is None:
+        return line + "\n"
+    a = bo.import_attach
+    if a is not None:
+        p2p = a.p2p and target.in_vram
+        stalls = a.stalls
+    else:
+        p2p = (bool(dmabuf.attachments) and target.in_vram
+               and all(x.p2p for x in dmabuf.attachments))
+        stalls = dmabuf.stalls
+    return (f"{line} dmabuf={dmabuf.id} imported={int(a is not None)} "
+            f"importers={len(dmabuf.attachments)} p2p={int(p2p)} stalls={stalls}\n")
 
 
 def format_regions(device: Device) -> str:
@@ -137,15 +177,18 @@ class Session:
     def __init__(self, device: Device, pid: int, uid: int = 0) -> None:
         self.device = device
         self.client: Client = device.open(pid, uid)
+        #: Who makes the request being run.
+        self.caller: Caller
 
     def close(self) -> None:
         self.device.close(self.client)
 
-    def request(self, data: bytes, caller: int) -> str:
-        """Run one request for process ``caller`` (known to the cgroup tree); the reply."""
+    def request(self, data: bytes, caller: Caller) -> str:
+        """Run one request for ``caller``; the reply."""
         verb, args = parse_request(data)
         tree = self.device.tree
-        css = tree.dmem_css_of(tree.cgroup_of(caller))
+        self.caller = caller
+        css = tree.dmem_css_of(tree.cgroup_of(caller.pid))
         handler: Callable[[Session, dict[str, str], DmemCss], str] = _HANDLERS[verb]
         return handler(self, args, css)
 
@@ -203,7 +246,45 @@ class Session:
         return f"migrated_bytes={migrated} evicted_bytes={evicted}\n"
 
     def bo_info(self, args: dict[str, str], css: DmemCss) -> str:
-        return format_bo(self._bo(args["handle"]))
+        handle = parse_u32("handle", args["handle"])
+        return format_bo(handle, self._bo(args["handle"]))
+
+    def prime_export(self, args: dict[str, str], css: DmemCss) -> str:
+        handle = parse_u32("handle", args["handle"])
+        dmabuf = self.device.prime_export(self.client, handle, self.caller.caller_creds)
+        return f"dmabuf={dmabuf.id}\n"
+
+    def prime_import(self, args: dict[str, str], css: DmemCss) -> str:
+        dmabuf = self._dmabuf(args)
+        try:
+            kind = Importer(args.get("importer", "dynamic"))
+        except ValueError:
+            raise InvalidArgument(
+                f"importer={args['importer']!r}: dynamic, pin or static") from None
+        handle, bo = self.device.prime_import(self.client, dmabuf, kind, css)
+        a = bo.import_attach
+        p2p = int(a is not None and a.p2p and bo.exported_bo.in_vram)
+        return f"handle={handle} size={bo.size} p2p={p2p}\n"
+
+    def _dmabuf(self, args: dict[str, str]) -> DmaBuf:
+        """The dma-buf named by ``dmabuf=ID`` (the caller must be able to open its file)
+        or held open as ``fd=N`` by the caller (as DRM_IOCTL_PRIME_FD_TO_HANDLE takes it)."""
+        if ("dmabuf" in args) == ("fd" in args):
+            raise InvalidArgument("PRIME_IMPORT needs dmabuf= or fd=, not both")
+        table = self.device.dmabufs
+        if "fd" in args:
+            fd = parse_u32("fd", args["fd"])
+            found = self.caller.dmabuf_fd(fd)
+            dmabuf = table.get(found) if found is not None else None
+            if dmabuf is None:
+                raise BadFile(f"descriptor {fd} is not an open dma-buf")
+            return dmabuf
+        dmabuf = table.get(parse_u32("dmabuf", args["dmabuf"]))
+        if dmabuf is None:
+            raise NotFound(f"no dma-buf {args['dmabuf']}")
+        if not may_open(dmabuf, self.caller.caller_creds):
+            raise AccessDenied(f"no permission to open dma-buf {dmabuf.id}")
+        return dmabuf
 
 
 _HANDLERS = {verb: getattr(Session, verb.lower()) for verb in VERBS}

@@ -308,6 +308,8 @@ class Eviction(NamedTuple):
     reason: str
     evictor_pid: int
     evictor_cgroup: str
+    #: Importers of the (exported) victim whose mapping the eviction invalidated.
+    stalled: tuple[str, ...] = ()
 
     @property
     def victim_cgroup(self) -> str:
@@ -364,35 +366,40 @@ class TtmDevice:
 
     # -- ttm_bo_validate ----------------------------------------------------------------------
 
-    def validate(self, bo: BufferObject, ctx: OperationCtx) -> int:
-        """Make ``bo`` resident in one of its places; returns the bytes it evicted.
+    def validate(self, bo: BufferObject, ctx: OperationCtx,
+                 places: tuple[Place, ...] | None = None) -> int:
+        """Make ``bo`` resident in one of its places (``places``, by default the BO's own:
+        ``xe_bo_migrate`` passes a single one); returns the bytes it evicted.
 
         Raises NoMemory (ENOMEM: no place could be had, TTM's -ENOSPC as xe reports it),
         TryAgain (EAGAIN, 6.14: a charge failed again inside the eviction walk),
         InvalidArgument (EINVAL: a pinned BO would have to move) or NoDevice.
         """
         evicted = self.evicted_bytes
+        if places is None:
+            places = bo.places
         force_space = False
         while True:
-            if bo.resource is not None and _compatible(bo, force_space):
+            if bo.resource is not None and _compatible(bo, places, force_space):
                 break
             if bo.pin_count:
                 raise InvalidArgument("a pinned BO cannot move")
-            ret = self._alloc_resource(bo, ctx, force_space)
+            ret = self._alloc_resource(bo, places, ctx, force_space)
             force_space = not force_space
             if ret == _ENOSPC:
                 if force_space:
                     continue
                 raise NoMemory(f"no place for {bo.size} bytes "
-                               f"({', '.join(p.manager.name for p in bo.places)})")
+                               f"({', '.join(p.manager.name for p in places)})")
             if ret:
                 raise error_for(-ret)
             break
         return self.evicted_bytes - evicted
 
-    def _alloc_resource(self, bo: BufferObject, ctx: OperationCtx, force_space: bool) -> int:
+    def _alloc_resource(self, bo: BufferObject, places: tuple[Place, ...], ctx: OperationCtx,
+                        force_space: bool) -> int:
         """``ttm_bo_alloc_resource``: the first place that can be had, maybe by evicting."""
-        for place in bo.places:
+        for place in places:
             if place.flags & (DESIRED if force_space else FALLBACK):
                 continue
             st = _AllocState()
@@ -561,12 +568,12 @@ class TtmDevice:
         system = self.system
         if system.used + bo.size > system.size:
             return False
-        self._move(bo, system, None)
+        stalled = self._move(bo, system, None)
         bo.evictions += 1
         self.evicted_bytes += bo.size
         self.log.add(Eviction(
             time.time(), bo, pool.css.cgroup if pool is not None else None, bo.size, man.name,
-            w.reason, w.evictor_pid, w.evictor_cgroup,
+            w.reason, w.evictor_pid, w.evictor_cgroup, stalled,
         ))
         return True
 
@@ -613,15 +620,23 @@ class TtmDevice:
 
     # -- resources, pins ------------------------------------------------------------------------
 
-    def _move(self, bo: BufferObject, man: Manager, pool: Pool | None) -> None:
+    def _move(self, bo: BufferObject, man: Manager, pool: Pool | None) -> tuple[str, ...]:
         """``ttm_bo_handle_move_mem``: the BO's memory is now in ``man`` (charged to ``pool``);
-        the old memory, if any, is freed (and uncharged)."""
+        the old memory, if any, is freed (and uncharged). Returns what :meth:`moved` says
+        (the importers a move of an exported BO stalled)."""
+        moving = bo.resource is not None
         man.used += bo.size
         self._free_resource(bo)
         bo.resource = man
         bo.pool = pool
         if isinstance(man, VramManager) and not bo.pin_count:
             man.lru_add(bo)
+        return self.moved(bo) if moving else ()
+
+    def moved(self, bo: BufferObject) -> tuple[str, ...]:
+        """The driver's move hook (``ttm_bo_move_notify`` → xe's ``dma_buf_move_notify`` for
+        an exported BO); returns labels of the importers it stalled."""
+        return ()
 
     def _free_resource(self, bo: BufferObject) -> None:
         """``ttm_resource_free``: give the memory back and uncharge it."""
@@ -645,9 +660,12 @@ class TtmDevice:
         self._move(bo, man, None)
 
     def release(self, bo: BufferObject) -> None:
-        """The last reference went: unpin (undoing a dmem pin) and free the memory."""
+        """The last reference went: free the memory (and its charge). A BO still pinned
+        then (nothing should hold a pin without a reference) is unpinned first."""
         if bo.pin_count:
-            self._undo_pin(bo)
+            log.warning("freeing %r with %d pins", bo, bo.pin_count)
+            while bo.pin_count:
+                self.unpin(bo)
         self._free_resource(bo)
 
     def touch(self, bo: BufferObject) -> None:
@@ -660,10 +678,11 @@ class TtmDevice:
 
     def pin(self, bo: BufferObject) -> None:
         """``ttm_bo_pin``: off the LRU, never evicted, never moved."""
-        if not bo.pin_count and bo.on_lru:
-            man = bo.resource
-            assert isinstance(man, VramManager)
-            man.lru_del(bo)
+        man = bo.resource
+        if not bo.pin_count and isinstance(man, VramManager):
+            if bo.on_lru:
+                man.lru_del(bo)
+            man.pinned += bo.size
         bo.pin_count += 1
 
     def unpin(self, bo: BufferObject) -> None:
@@ -674,6 +693,7 @@ class TtmDevice:
         bo.pin_count -= 1
         man = bo.resource
         if not bo.pin_count and isinstance(man, VramManager):
+            man.pinned -= bo.size
             man.lru_add(bo)
 
     def pin_charged(self, bo: BufferObject) -> None:
@@ -688,22 +708,24 @@ class TtmDevice:
             self.dmem.try_pin(bo.pool, bo.size)
         except TryAgain:
             raise NoSpace(f"pinning {bo.size} bytes would exceed dmem.min") from None
-        man.pinned += bo.size
         self.pin(bo)
 
-    def _undo_pin(self, bo: BufferObject) -> None:
-        man = bo.resource
-        if isinstance(man, VramManager) and bo.pool is not None:
+    def unpin_charged(self, bo: BufferObject) -> None:
+        """Undo :meth:`pin_charged`: ``dmem_cgroup_unpin`` of the BO's charge, then unpin."""
+        if bo.pool is not None:
             self.dmem.unpin(bo.pool, bo.size)
-            man.pinned -= bo.size
-        bo.pin_count = 0
+        self.unpin(bo)
+
+    def migrate(self, bo: BufferObject, man: Manager, ctx: OperationCtx) -> int:
+        """``xe_bo_migrate``: move the BO to ``man`` (evicting there if needed)."""
+        return self.validate(bo, ctx, (Place(man),))
 
 
-def _compatible(bo: BufferObject, evicting: bool) -> bool:
-    """``ttm_resource_compatible``: is the BO already in one of its places? A FALLBACK place
-    counts only when forcing space, a DESIRED one only when not."""
+def _compatible(bo: BufferObject, places: tuple[Place, ...], evicting: bool) -> bool:
+    """``ttm_resource_compatible``: is the BO already in one of these places? A FALLBACK
+    place counts only when forcing space, a DESIRED one only when not."""
     skip = DESIRED if evicting else FALLBACK
-    return any(p.manager is bo.resource and not p.flags & skip for p in bo.places)
+    return any(p.manager is bo.resource and not p.flags & skip for p in places)
 
 
 class _Victims:

@@ -40,9 +40,16 @@ def evictions(device: Device) -> str:
         handle = getattr(victim, "handle", 0)
         lines.append(f"{stamp} {e.manager} evicted pid={pid} handle={handle} "
                      f"size={e.size} cgroup={e.victim_cgroup} by pid={e.evictor_pid} "
-                     f"cgroup={e.evictor_cgroup} ({e.reason})\n")
+                     f"cgroup={e.evictor_cgroup} ({e.reason})"
+                     + (f" stalled={','.join(e.stalled)}" if e.stalled else "") + "\n")
     return "".join(lines)
 
 
 def eviction_counts(device: Device) -> str:
     return "".join(f"{path} {n}\n" for path, n in sorted(device.log.counts_by_path().items()))
+
+
+def dmabuf_stalls(device: Device) -> str:
+    """Stalls of this device's dynamic importers (an exported buffer they map moved), by
+    the importer's cgroup."""
+    return "".join(f"{path} {n}\n" for path, n in sorted(device.dmabuf_stalls().items()))

@@ -1,8 +1,10 @@
 """The simulated xe GPU: its DRM clients, their handles, and the uAPI checks of each ioctl.
 
-Objects and validation only, as drivers/gpu/drm/xe/xe_bo.c and xe_gem.c hold them: where a
-buffer object lives and who is evicted is decided in :mod:`dmemfs.device.ttm`, which this
-module calls (never the other way round). docs/kernel-model.md, "xe", lists the rules.
+Objects and validation only, as drivers/gpu/drm/xe/xe_bo.c, xe_gem.c and xe_dma_buf.c hold
+them: where a buffer object lives and who is evicted is decided in :mod:`dmemfs.device.ttm`,
+and sharing between devices goes through the dma-buf core in :mod:`dmemfs.device.dmabuf`;
+this module calls both (never the other way round). docs/kernel-model.md §12 and §16 list
+the rules.
 """
 
 from __future__ import annotations
@@ -13,9 +15,17 @@ import logging
 
 from dmemfs.device import ttm
 from dmemfs.device.config import SYSTEM_PAGE, VRAM_PAGE, DeviceConfig
-from dmemfs.engine.cgroup import CgroupTree
+from dmemfs.device.dmabuf import Attachment, DmaBuf, DmaBufTable, Importer
+from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree, Creds
 from dmemfs.engine.dmem import DmemCss
-from dmemfs.errors import InvalidArgument, NoMemory, NotFound
+from dmemfs.errors import (
+    Busy,
+    InvalidArgument,
+    NoMemory,
+    NotFound,
+    NotPermitted,
+    NotSupported,
+)
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +54,15 @@ ENOMEM_RETRIES = 50
 
 
 class XeBo(ttm.BufferObject):
-    """A GEM buffer object of one client (``struct xe_bo``)."""
+    """A GEM buffer object (``struct xe_bo``), created by one client.
 
-    __slots__ = ("client", "flags", "handle", "vm_id")
+    Its references (``refs``) are the handles naming it in any client and the dma-buf it was
+    exported as; it is freed when the last one goes. An imported BO (``import_attach`` set)
+    has no memory of its own: it is the importing device's view of another device's BO.
+    """
+
+    __slots__ = ("client", "dma_buf", "flags", "handle", "import_attach", "refs", "rfc_pin",
+                 "vm_id")
 
     def __init__(self, client: Client, handle: int, size: int, places: tuple[ttm.Place, ...],
                  flags: frozenset[Flag], vm_id: int) -> None:
@@ -55,6 +71,22 @@ class XeBo(ttm.BufferObject):
         self.handle = handle
         self.flags = flags
         self.vm_id = vm_id
+        self.refs = 1
+        #: The dma-buf this BO was exported as (``obj->dma_buf``).
+        self.dma_buf: DmaBuf | None = None
+        #: For an imported BO: its attachment to the exporter's dma-buf.
+        self.import_attach: Attachment | None = None
+        #: The RFC's pin taken at creation is still held (dmem pin + TTM pin).
+        self.rfc_pin = False
+
+    @property
+    def exported_bo(self) -> XeBo:
+        """The BO whose memory this handle uses: itself, or the exporter's for an import."""
+        if self.import_attach is not None:
+            exporter = self.import_attach.dmabuf.exporter
+            assert isinstance(exporter, XeExport)
+            return exporter.bo
+        return self
 
     def __repr__(self) -> str:
         return f"XeBo({self.client.pid}:{self.handle}, {self.size}, {self.placement})"
@@ -69,9 +101,19 @@ class Client:
         self.pid = pid
         self.uid = uid
         self.bos: dict[int, XeBo] = {}
+        #: ``file_priv->prime``: the dma-buf each handle was exported as or imported from
+        #: (each holds a reference on it until the handle is closed).
+        self.prime: dict[int, DmaBuf] = {}
         self.vms: set[int] = set()
         self._handles = itertools.count(1)
         self._vm_ids = itertools.count(1)
+
+    def prime_handle(self, dmabuf: DmaBuf) -> int | None:
+        """``drm_prime_lookup_buf_handle``: this client's handle for ``dmabuf``, if any."""
+        for handle, known in self.prime.items():
+            if known is dmabuf:
+                return handle
+        return None
 
     def new_handle(self) -> int:
         return next(self._handles)
@@ -86,7 +128,8 @@ class Device(ttm.TtmDevice):
     """One simulated xe device at a PCI address (``struct xe_device``)."""
 
     def __init__(self, config: DeviceConfig, minor: int, tree: CgroupTree, *,
-                 fast_path: int | None = ttm.FAST_PATH) -> None:
+                 fast_path: int | None = ttm.FAST_PATH,
+                 dmabufs: DmaBufTable | None = None) -> None:
         super().__init__(tree.dmem, tree.profile, config.system, fast_path=fast_path)
         self.config = config
         self.pci = config.pci
@@ -95,6 +138,10 @@ class Device(ttm.TtmDevice):
         for i, (name, size) in enumerate(zip(config.region_names(), config.vram, strict=True)):
             self.add_vram(f"vram{i}", size, name)
         self.clients: list[Client] = []
+        #: Every dma-buf of the mount (shared by its devices).
+        self.dmabufs = dmabufs if dmabufs is not None else DmaBufTable()
+        #: Stalls of this device's dynamic importers, by the importer's cgroup.
+        self.stalls: dict[Cgroup, int] = {}
 
     @property
     def node_name(self) -> str:
@@ -114,13 +161,21 @@ class Device(ttm.TtmDevice):
         return client
 
     def close(self, client: Client) -> None:
-        """The file was closed: every BO the client owns is freed (kill -9 included)."""
-        for bo in list(client.bos.values()):
-            self.free(bo)
+        """The file was closed: every handle of the client goes (kill -9 included)."""
+        for handle in list(client.bos):
+            self.handle_close(client, handle)
         self.clients.remove(client)
 
     def all_bos(self) -> list[XeBo]:
-        return [bo for c in self.clients for bo in c.bos.values()]
+        """Every BO a client of this device has a handle to (once each)."""
+        seen: dict[XeBo, None] = {}
+        for c in self.clients:
+            for bo in c.bos.values():
+                seen[bo] = None
+        return list(seen)
+
+    def handles(self) -> list[tuple[Client, int, XeBo]]:
+        return [(c, h, bo) for c in self.clients for h, bo in c.bos.items()]
 
     # -- GEM_CREATE ----------------------------------------------------------------------
 
@@ -150,6 +205,7 @@ class Device(ttm.TtmDevice):
             except BaseException:
                 self.release(bo)
                 raise
+            bo.rfc_pin = True
         client.bos[bo.handle] = bo
         return bo
 
@@ -212,14 +268,36 @@ class Device(ttm.TtmDevice):
     # -- GEM_CLOSE -------------------------------------------------------------------------
 
     def gem_close(self, client: Client, handle: int) -> None:
-        bo = client.bos.get(handle)
-        if bo is None:
+        if handle not in client.bos:
             raise InvalidArgument(f"no handle {handle}")
-        self.free(bo)
+        self.handle_close(client, handle)
 
-    def free(self, bo: XeBo) -> None:
-        bo.client.bos.pop(bo.handle, None)
-        self.release(bo)
+    def handle_close(self, client: Client, handle: int) -> None:
+        """``drm_gem_handle_delete``: the driver's close hook, the handle's cached dma-buf
+        reference, then the handle's reference on the BO."""
+        bo = client.bos.pop(handle)
+        if bo.rfc_pin and not bo.vm_id:
+            # The RFC's xe_gem_object_close unpins on every handle close; with a second
+            # handle to the same BO that would unpin twice. dmemfs unpins at the first.
+            bo.rfc_pin = False
+            self.unpin_charged(bo)
+        dmabuf = client.prime.pop(handle, None)
+        if dmabuf is not None:
+            dmabuf.put(self.dmabufs)
+        self.bo_put(bo)
+
+    def bo_put(self, bo: XeBo) -> None:
+        """Drop a reference; the last one frees the BO (an import detaches from its
+        dma-buf and drops its reference on it)."""
+        bo.refs -= 1
+        if bo.refs > 0:
+            return
+        a = bo.import_attach
+        if a is not None:
+            a.dmabuf.detach(a)
+            a.dmabuf.put(self.dmabufs)
+            bo.import_attach = None
+        bo.device.release(bo)
 
     # -- EXEC ------------------------------------------------------------------------------
 
@@ -234,6 +312,20 @@ class Device(ttm.TtmDevice):
         ctx = ttm.OperationCtx(css, client.pid, busy=frozenset(bos), ticket=True)
         migrated = evicted = 0
         for bo in bos:
+            a = bo.import_attach
+            if a is not None:
+                # An imported BO: map the exporter's buffer again if it moved since.
+                target = bo.exported_bo
+                before = (target.in_vram, target.device.evicted_bytes)
+                if not a.mapped:
+                    a.dmabuf.map(a, ttm.OperationCtx(css, client.pid, busy=frozenset({target}),
+                                                     ticket=True))
+                if target.in_vram and not before[0]:
+                    migrated += target.size
+                evicted += target.device.evicted_bytes - before[1]
+                continue
+            if bo.pinned:
+                continue  # xe_bo_validate leaves pinned BOs where they are
             if bo.in_vram:
                 self.touch(bo)
                 continue
@@ -241,3 +333,176 @@ class Device(ttm.TtmDevice):
             if bo.in_vram:
                 migrated += bo.size
         return migrated, evicted
+
+    # -- PRIME ------------------------------------------------------------------------------
+
+    def prime_export(self, client: Client, handle: int, creds: Creds) -> DmaBuf:
+        """``DRM_IOCTL_PRIME_HANDLE_TO_FD``: the BO as a dma-buf (made once, then the same).
+        A BO private to a VM cannot be exported (``xe_gem_prime_export``: EPERM)."""
+        bo = client.bos.get(handle)
+        if bo is None:
+            raise NotFound(f"no handle {handle}")  # drm_gem_prime_handle_to_fd: -ENOENT
+        if bo.import_attach is not None:
+            return bo.import_attach.dmabuf  # re-exporting an import gives its dma-buf back
+        if bo.dma_buf is None:
+            if bo.vm_id:
+                raise NotPermitted("a BO private to a VM cannot be exported")
+            dmabuf = DmaBuf(self.dmabufs, XeExport(self, bo), bo.size, creds.uid, creds.gid)
+            dmabuf.on_release.append(self._dmabuf_released)
+            bo.dma_buf = dmabuf
+            bo.refs += 1  # the dma-buf holds the GEM object
+        if client.prime_handle(bo.dma_buf) is None:
+            client.prime[handle] = bo.dma_buf
+            bo.dma_buf.get()  # the exporting handle's cached reference
+        return bo.dma_buf
+
+    def _dmabuf_released(self, dmabuf: DmaBuf) -> None:
+        exporter = dmabuf.exporter
+        assert isinstance(exporter, XeExport)
+        exporter.bo.dma_buf = None
+        self.bo_put(exporter.bo)
+
+    def prime_import(self, client: Client, dmabuf: DmaBuf, kind: Importer,
+                     css: DmemCss) -> tuple[int, XeBo]:
+        """``DRM_IOCTL_PRIME_FD_TO_HANDLE``: a handle for the dma-buf in this client.
+
+        The client's cached handle if it has one; on the exporting device the exporter's BO
+        itself (another reference: no attachment, no pin, no move); on another device a new
+        BO attached to it as ``kind`` (``xe_gem_prime_import``), mapped at once.
+        """
+        handle = client.prime_handle(dmabuf)
+        if handle is not None:
+            return handle, client.bos[handle]
+        exporter = dmabuf.exporter
+        assert isinstance(exporter, XeExport)
+        if exporter.device is self:
+            bo = exporter.bo
+            bo.refs += 1
+        else:
+            if len(client.bos) >= MAX_BOS_PER_CLIENT:
+                raise NoMemory("this client holds the most BOs dmemfs allows")
+            bo = XeBo(client, client.new_handle(), dmabuf.size, (ttm.Place(self.system),),
+                      frozenset(), 0)
+            ctx = ttm.OperationCtx(css, client.pid, busy=frozenset({exporter.bo}))
+            p2p = self.config.p2p and exporter.device.config.p2p
+            bo.import_attach = dmabuf.attach(kind, bo, p2p, ctx)  # may raise
+            dmabuf.get()  # the imported BO holds the dma-buf
+            try:
+                if kind is Importer.PIN:
+                    dmabuf.pin(bo.import_attach, ctx)
+                if not bo.import_attach.mapped:
+                    dmabuf.map(bo.import_attach, ctx)
+            except BaseException:
+                self.bo_put(bo)
+                raise
+            client.bos[bo.handle] = bo
+            client.prime[bo.handle] = dmabuf
+            dmabuf.get()
+            return bo.handle, bo
+        handle = client.new_handle()
+        client.bos[handle] = bo
+        client.prime[handle] = dmabuf
+        dmabuf.get()
+        return handle, bo
+
+    def importer_stalled(self, a: Attachment) -> str:
+        """Count a stall of an importer of this device; a label for the eviction log."""
+        bo = a.importer
+        assert isinstance(bo, XeBo)
+        cg = self.tree.cgroup_of(bo.client.pid)
+        self.stalls[cg] = self.stalls.get(cg, 0) + 1
+        return f"{self.pci}:{bo.client.pid}:{bo.handle}"
+
+    def dmabuf_stalls(self) -> dict[str, int]:
+        """Stalls of this device's dynamic importers by cgroup path."""
+        out: dict[str, int] = {}
+        for cg, n in self.stalls.items():
+            out[cg.path] = out.get(cg.path, 0) + n
+        return out
+
+    def moved(self, bo: ttm.BufferObject) -> tuple[str, ...]:
+        """An exported BO moved: its dynamic importers lose their mapping (they stall)."""
+        if isinstance(bo, XeBo) and bo.dma_buf is not None:
+            labels = []
+            for a in bo.dma_buf.move_notify():
+                importer = a.importer
+                assert isinstance(importer, XeBo) and isinstance(importer.device, Device)
+                labels.append(importer.device.importer_stalled(a))
+            return tuple(labels)
+        return ()
+
+
+class XeExport:
+    """``xe_dmabuf_ops``: what the exporting xe device does for the dma-buf core."""
+
+    def __init__(self, device: Device, bo: XeBo) -> None:
+        self.device = device
+        self.bo = bo
+
+    def can_migrate_to_system(self) -> bool:
+        """``xe_bo_can_migrate(bo, XE_PL_TT)``: is system memory one of its placements?"""
+        return any(p.manager is self.device.system for p in self.bo.places)
+
+    def attach(self, a: Attachment) -> None:
+        """``xe_dma_buf_attach``: an importer that cannot use VRAM peer-to-peer needs a BO
+        that can move to system memory."""
+        if not a.p2p and not self.can_migrate_to_system():
+            raise NotSupported("this BO cannot leave VRAM and the importer has no "
+                               "peer-to-peer access")
+
+    def pin(self, a: Attachment, ctx: ttm.OperationCtx) -> None:
+        """``xe_dma_buf_pin`` of the emulated kernel (with the RFC's change first)."""
+        bo, dev = self.bo, self.device
+        if dev.profile.has_pinning and Flag.PINNED in bo.flags:
+            dev.pin(bo)  # RFC 3/3: a PINNED BO is pinned in place
+            return
+        # Since "drm/xe/dma-buf: Allow pinning of p2p dma-buf" (7.3): VRAM may stay pinned
+        # when every importer is peer-to-peer; before, a pin moves the BO to system memory.
+        allow_vram = dev.profile.pin_p2p_dma_buf and all(x.p2p for x in a.dmabuf.attachments)
+        in_system = bo.resource is dev.system
+        if bo.pinned and not in_system and not (bo.in_vram and allow_vram):
+            raise InvalidArgument("a BO pinned in VRAM cannot be pinned for this importer")
+        if not allow_vram:
+            self._migrate_to_system(ctx)
+        elif not bo.pinned:
+            dev._validate_retrying(bo, ctx)  # xe_bo_pin_external(bo, in_place=false)
+        dev.pin(bo)
+
+    def _migrate_to_system(self, ctx: ttm.OperationCtx) -> None:
+        """``xe_bo_migrate(bo, XE_PL_TT)``."""
+        bo, dev = self.bo, self.device
+        if bo.resource is dev.system:
+            return
+        if bo.pinned:
+            raise Busy("a pinned BO cannot move")
+        if not self.can_migrate_to_system():
+            raise InvalidArgument("this BO cannot live in system memory")
+        dev.migrate(bo, dev.system, ctx)
+
+    def unpin(self, a: Attachment) -> None:
+        """``xe_dma_buf_unpin`` (RFC: a PINNED BO was pinned with ttm_bo_pin)."""
+        self.device.unpin(self.bo)
+
+    def map(self, a: Attachment, ctx: ttm.OperationCtx) -> None:
+        """``xe_dma_buf_map``: peer-to-peer importers get the BO validated into its places
+        (back into VRAM, charged to the caller, if it fits); others get it in system memory."""
+        bo = self.bo
+        if not a.p2p and not self.can_migrate_to_system():
+            raise NotSupported("this BO cannot leave VRAM and the importer has no "
+                               "peer-to-peer access")
+        if bo.pinned:
+            return
+        if a.p2p:
+            self.device._validate_retrying(bo, ctx)
+        else:
+            self._migrate_to_system(ctx)
+
+    def describe(self) -> str:
+        bo = self.bo
+        return (f"{self.device.pci} pid={bo.client.pid} handle={bo.handle} size={bo.size} "
+                f"placement={bo.placement} pinned={bo.pin_count}")
+
+
+def may_open(dmabuf: DmaBuf, creds: Creds) -> bool:
+    """Could ``creds`` open ``MOUNT/dev/dma_buf/ID`` for reading?"""
+    return Attr(dmabuf.uid, dmabuf.gid, dmabuf.mode).allows(creds, 4)

@@ -15,8 +15,11 @@ from dmemfs.engine.cgroup import Creds
 from dmemfs.engine.files import CgroupFile, read_file, write_file
 from dmemfs.errors import DmemError, InvalidArgument, NoDevice
 from dmemfs.fs.inodes import CgroupFileNode
-from dmemfs.procs import HostProcesses, creds_of
+from dmemfs.procs import HostProcesses, creds_of, process_creds
 from dmemfs.profile import MAX_WRITE
+
+#: Where exported dma-bufs appear, relative to the mount (see dmemfs/fs/dmabufs.py).
+DMABUF_DIR = "dev/dma_buf"
 
 
 class Opener:
@@ -124,7 +127,24 @@ class Call:
 
     @property
     def creds(self) -> Creds:
+        """Whose permissions a cgroup file write is checked against: the opener's."""
         return self.opener.creds
+
+    @property
+    def caller_creds(self) -> Creds:
+        """The calling thread's own credentials (an ioctl checks them, not the opener's);
+        the opener's when the request did not name the caller or it is gone."""
+        creds = process_creds(self.tid) if self.tid else None
+        return creds if creds is not None else self.opener.creds
+
+    def dmabuf_fd(self, fd: int) -> int | None:
+        """The dma-buf the calling process holds open as descriptor ``fd``: its
+        ``MOUNT/dev/dma_buf/ID`` file."""
+        path = self.opener.host.open_file(self.tid or self.pid, fd)
+        if path is None or not path.startswith(DMABUF_DIR + "/"):
+            return None
+        name = path[len(DMABUF_DIR) + 1:]
+        return int(name) if name.isascii() and name.isdigit() else None
 
     @property
     def nonblock(self) -> bool:
@@ -256,7 +276,7 @@ class DeviceHandle(QueryHandle):
 
     def write(self, data: bytes, call: Call) -> int:
         self.buf = b""
-        self.buf = self.session.request(data, call.pid).encode()
+        self.buf = self.session.request(data, call).encode()
         return len(data)
 
     def release(self) -> None:

@@ -28,6 +28,9 @@ class Node:
 
     #: Static nodes are never dropped from the table.
     persistent = False
+    #: The kernel must ask about this node at every lookup and stat (no cached entry or
+    #: attributes): it may vanish at any time without a request to this mount.
+    volatile = False
 
     def __init__(self) -> None:
         self.ino = 0
@@ -99,6 +102,36 @@ class SpecialFile(Node):
         self.open_handle = open_handle
 
 
+class DynamicDir(StaticDir):
+    """A directory of the fixed layout whose entries come and go without a request to the
+    mount (``dev/dma_buf``). Its entries are :class:`DynamicFile` nodes, made on lookup and
+    dropped when the kernel forgets them."""
+
+    __slots__ = ()
+
+    def child(self, name: str, inodes: InodeTable) -> Node | None:
+        raise NotImplementedError
+
+    def entries(self, inodes: InodeTable) -> list[tuple[str, Callable[[], Node]]]:
+        raise NotImplementedError
+
+    def dropped(self, node: DynamicFile) -> None:
+        """``node`` left the inode table."""
+
+
+class DynamicFile(SpecialFile):
+    """An entry of a :class:`DynamicDir`."""
+
+    __slots__ = ("directory",)
+    persistent = False
+    volatile = True
+
+    def __init__(self, directory: DynamicDir, attr: Attr,
+                 open_handle: Callable[[Opener, int], Handle]) -> None:
+        super().__init__(attr, open_handle)
+        self.directory = directory
+
+
 class InodeTable:
     def __init__(self, tree: CgroupTree) -> None:
         self.tree = tree
@@ -161,6 +194,8 @@ class InodeTable:
             key = (node.cgroup, node.row.name)
             if self._cgroup_files.get(key) is node:
                 del self._cgroup_files[key]
+        elif isinstance(node, DynamicFile):
+            node.directory.dropped(node)
 
     # -- attributes ---------------------------------------------------------------------------
 
@@ -177,6 +212,8 @@ class InodeTable:
         return isinstance(node, StaticDir | CgroupDir)
 
     def entry(self, node: Node, timeout: float) -> pyfuse3.EntryAttributes:
+        if node.volatile:
+            timeout = 0.0
         a = self.attr_of(node)
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino

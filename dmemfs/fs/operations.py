@@ -30,6 +30,7 @@ from dmemfs.fs.inodes import (
     ROOT_INODE,
     CgroupDir,
     CgroupFileNode,
+    DynamicDir,
     InodeTable,
     Node,
     SpecialFile,
@@ -243,6 +244,8 @@ class Operations(pyfuse3.Operations):
 
     def _child(self, parent: Node, name: str) -> Node | None:
         """The node named ``name`` in directory ``parent`` (created on demand), or None."""
+        if isinstance(parent, DynamicDir):
+            return parent.child(name, self.inodes)
         if isinstance(parent, StaticDir):
             return parent.children.get(name)
         if isinstance(parent, CgroupDir):
@@ -270,6 +273,8 @@ class Operations(pyfuse3.Operations):
 
     def _entries(self, node: Node) -> list[tuple[str, Callable[[], Node]]]:
         """A snapshot of a directory's entries; nodes are made when they are listed."""
+        if isinstance(node, DynamicDir):
+            return node.entries(self.inodes)
         if isinstance(node, StaticDir):
             return [(name, functools.partial(_same, n)) for name, n in node.children.items()]
         if isinstance(node, CgroupDir):
