@@ -93,6 +93,18 @@ class XeDevice:
     def bo_info(self, handle: int) -> dict[str, str]:
         return parse_reply(self.ioctl("BO_INFO", handle=handle))
 
+    def prime_export(self, handle: int) -> int:
+        """Export a BO as a dma-buf; its id (the file ``MOUNT/dev/dma_buf/ID``)."""
+        return int(parse_reply(self.ioctl("PRIME_EXPORT", handle=handle))["dmabuf"])
+
+    def prime_import(self, dmabuf: int | None = None, *, fd: int | None = None,
+                     importer: str | None = None) -> dict[str, int]:
+        """Import a dma-buf by id or by a descriptor of its file this process holds
+        (``importer``: dynamic, pin or static); ``{"handle", "size", "p2p"}``."""
+        reply = parse_reply(self.ioctl("PRIME_IMPORT", dmabuf=dmabuf, fd=fd,
+                                       importer=importer))
+        return {k: int(v) for k, v in reply.items()}
+
 
 class CgroupDir:
     """A cgroup directory of a mounted dmemfs (or any cgroup2 tree)."""

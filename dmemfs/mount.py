@@ -92,13 +92,12 @@ def _add_device(ops: Operations, device: Device) -> None:
     debug = ops.add_dir(ops.add_dir_once(ops.debug, "dri"), device.pci)
     ro = Attr(0, 0, 0o444)
     for name, render in (("regions", views.regions), ("evictions", views.evictions),
-                         ("eviction_counts", views.eviction_counts)):
+                         ("eviction_counts", views.eviction_counts),
+                         ("dmabuf", views.dmabufs), ("dmabuf_stalls", views.dmabuf_stalls)):
         text = functools.partial(render, device)
         ops.add_file(debug, name, SpecialFile(ro, functools.partial(_text_handle, text)))
     ops.add_file(debug, "bos", SpecialFile(ro, lambda o, f: TextHandle(
         o, lambda: views.bos(device, o.uid))))
-    text = functools.partial(views.dmabuf_stalls, device)
-    ops.add_file(debug, "dmabuf_stalls", SpecialFile(ro, functools.partial(_text_handle, text)))
 
 
 def _add_dmabufs(ops: Operations, table: DmaBufTable) -> None:

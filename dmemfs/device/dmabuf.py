@@ -72,8 +72,8 @@ class Attachment:
         self.pinned = False
         #: A mapping is held (dynamic importers lose it when the buffer moves).
         self.mapped = False
-        #: Times the buffer moved under this importer's mapping (a simulation counter: the
-        #: kernel only calls ``move_notify``, and the importer waits to map it again).
+        #: Times the buffer moved while attached (a simulation counter: the kernel only
+        #: calls ``move_notify``, and the importer waits to map the buffer again).
         self.stalls = 0
 
     @property
@@ -158,14 +158,13 @@ class DmaBuf:
         a.mapped = True
 
     def move_notify(self) -> list[Attachment]:
-        """``dma_buf_move_notify``: the buffer moved. Every dynamic importer holding a
-        mapping loses it (and counts a stall); returns those importers."""
-        stalled = []
-        for a in self.attachments:
-            if a.kind is Importer.DYNAMIC and a.mapped:
-                a.mapped = False
-                a.stalls += 1
-                stalled.append(a)
+        """``dma_buf_move_notify``: the buffer moved. It is called for every dynamic
+        importer with ``move_notify``; each counts a stall and loses its mapping (its next
+        use maps the buffer again). Returns those importers."""
+        stalled = [a for a in self.attachments if a.kind is Importer.DYNAMIC]
+        for a in stalled:
+            a.mapped = False
+            a.stalls += 1
         return stalled
 
     @property

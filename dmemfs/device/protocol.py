@@ -138,15 +138,15 @@ def _flags(value: str) -> frozenset[Flag]:
 
 def format_bo(handle: int, bo: XeBo) -> str:
     """BO_INFO of a handle. For an imported BO the placement, pinned state, cgroup and
-    evictions are those of the exporter's BO it uses; p2p and stalls are its own. The
-    dma-buf fields appear only for a BO that is exported or imported."""
+    evictions are those of the exporter's BO it uses; ``p2p`` and ``stalls`` are the
+    importer's own (for the exporter: every importer reaches it peer-to-peer; the sum)."""
     target = bo.exported_bo
     cgroup = target.pool.css.cgroup.path if target.pool is not None else "-"
     line = (f"handle={handle} size={target.size} placement={target.placement} "
             f"pinned={int(target.pinned)} cgroup={cgroup} evictions={target.evictions}")
     dmabuf = target.dma_buf
     if dmabuf is None:
-        return line + "\n"
+        return f"{line} exported=0 imported=0 importers=0 p2p=0 stalls=0\n"
     a = bo.import_attach
     if a is not None:
         p2p = a.p2p and target.in_vram
@@ -155,8 +155,9 @@ def format_bo(handle: int, bo: XeBo) -> str:
         p2p = (bool(dmabuf.attachments) and target.in_vram
                and all(x.p2p for x in dmabuf.attachments))
         stalls = dmabuf.stalls
-    return (f"{line} dmabuf={dmabuf.id} imported={int(a is not None)} "
-            f"importers={len(dmabuf.attachments)} p2p={int(p2p)} stalls={stalls}\n")
+    return (f"{line} exported=1 imported={int(a is not None)} "
+            f"importers={len(dmabuf.attachments)} p2p={int(p2p)} stalls={stalls} "
+            f"dmabuf={dmabuf.id}\n")
 
 
 def format_regions(device: Device) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from dmemfs.device.xe import Device
+from dmemfs.device.xe import Device, XeBo, XeExport
 
 
 def regions(device: Device) -> str:
@@ -53,3 +53,27 @@ def dmabuf_stalls(device: Device) -> str:
     """Stalls of this device's dynamic importers (an exported buffer they map moved), by
     the importer's cgroup."""
     return "".join(f"{path} {n}\n" for path, n in sorted(device.dmabuf_stalls().items()))
+
+
+def dmabufs(device: Device) -> str:
+    """The dma-bufs this device exported, and every attachment to or from it."""
+    lines = []
+    for b in device.dmabufs:
+        exporter = b.exporter
+        assert isinstance(exporter, XeExport)
+        bo = exporter.bo
+        if exporter.device is device:
+            lines.append(f"export dmabuf={b.id} pid={bo.client.pid} handle={bo.handle} "
+                         f"size={b.size} placement={bo.placement} pinned={bo.pin_count} "
+                         f"refs={b.refs} importers={len(b.attachments)}\n")
+        for a in b.attachments:
+            importer = a.importer
+            assert isinstance(importer, XeBo)
+            if exporter.device is not device and importer.device is not device:
+                continue
+            lines.append(f"attach dmabuf={b.id} exporter={exporter.device.pci} "
+                         f"importer={importer.client.device.pci} pid={importer.client.pid} "
+                         f"handle={importer.handle} kind={a.kind.value} p2p={int(a.p2p)} "
+                         f"pinned={int(a.pinned)} mapped={int(a.mapped)} "
+                         f"stalls={a.stalls}\n")
+    return "".join(lines)

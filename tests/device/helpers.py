@@ -16,6 +16,9 @@ from dmemfs.testing import Mounted
 PCI = "0000:03:00.0"
 REGION = f"drm/{PCI}/vram0"
 
+#: The BO_INFO fields of a BO that is not shared through a dma-buf.
+UNSHARED = {"exported": "0", "imported": "0", "importers": "0", "p2p": "0", "stalls": "0"}
+
 
 def dev(mnt: Mounted) -> str:
     return os.path.join(mnt.dri, "renderD128")

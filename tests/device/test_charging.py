@@ -20,6 +20,7 @@ import pytest
 from dmemfs.client import XeDevice
 from dmemfs.testing import Mounted, mounted
 from tests.device.helpers import (
+    UNSHARED,
     bos,
     cgroups,
     dev,
@@ -140,7 +141,7 @@ def test_limit_hit_evicts_the_lru_oldest_own_bo(mnt: Mounted, gpu: XeDevice) -> 
     # The VRAM-only BO was evicted to system memory, not refused (xe evicts to TT).
     assert gpu.bo_info(second.handle) == {
         "handle": str(second.handle), "size": str(MiB), "placement": "system", "pinned": "0",
-        "cgroup": "-", "evictions": "1"}
+        "cgroup": "-", "evictions": "1", **UNSHARED}
     assert placement(gpu, first.handle) == "vram0"
     assert value(mnt, "a") == 2 * MiB
     assert value(mnt, "") == 2 * MiB  # the device (4M) was not full: the limit decided
@@ -307,7 +308,7 @@ def test_pinned_bos_are_never_evicted(mnt: Mounted, gpu: XeDevice) -> None:
         assert gpu.gem_create("4M", ("vram0", "system")).placement == "system"
     assert gpu.bo_info(pinned.handle) == {
         "handle": str(pinned.handle), "size": str(MiB), "placement": "vram0", "pinned": "1",
-        "cgroup": "/a", "evictions": "0"}
+        "cgroup": "/a", "evictions": "0", **UNSHARED}
     assert str(pinned.handle) not in [h for h, _, _ in evictions(mnt)]
     assert value(mnt, "a", "dmem.pinned") == MiB
     regions = view(mnt, "regions").splitlines()
@@ -328,7 +329,7 @@ def test_exec_brings_an_evicted_bo_back_charging_the_caller(
         assert gpu.exec([x.handle]) == {"migrated_bytes": 2 * MiB, "evicted_bytes": 0}
         assert gpu.bo_info(x.handle) == {
             "handle": str(x.handle), "size": str(2 * MiB), "placement": "vram0",
-            "pinned": "0", "cgroup": "/b", "evictions": "1"}
+            "pinned": "0", "cgroup": "/b", "evictions": "1", **UNSHARED}
         assert (value(mnt, "a"), value(mnt, "b")) == (0, 4 * MiB)
         join(mnt, "c")
         w = gpu.gem_create("1M", ("vram0", "system"))  # full: evicts z, the LRU-oldest

@@ -19,6 +19,7 @@ import pytest
 from dmemfs.client import XeDevice, parse_reply
 from dmemfs.testing import Mounted, mounted
 from tests.conftest import _require_fuse
+from tests.device.helpers import UNSHARED
 
 PCI0 = "0000:03:00.0"
 PCI1 = "0000:04:00.0"
@@ -407,13 +408,13 @@ def test_bo_info_fields(shared: Mounted, gpu: XeDevice) -> None:
     pinned = gpu.gem_create("64K", ("vram0",), flags=("PINNED",))
     assert gpu.bo_info(vram.handle) == {
         "handle": str(vram.handle), "size": str(192 << 10), "placement": "vram1",
-        "pinned": "0", "cgroup": "/", "evictions": "0"}
+        "pinned": "0", "cgroup": "/", "evictions": "0", **UNSHARED}
     assert gpu.bo_info(sysmem.handle) == {
         "handle": str(sysmem.handle), "size": str(12 << 10), "placement": "system",
-        "pinned": "0", "cgroup": "-", "evictions": "0"}
+        "pinned": "0", "cgroup": "-", "evictions": "0", **UNSHARED}
     assert gpu.bo_info(pinned.handle) == {
         "handle": str(pinned.handle), "size": str(64 << 10), "placement": "vram0",
-        "pinned": "1", "cgroup": "/", "evictions": "0"}
+        "pinned": "1", "cgroup": "/", "evictions": "0", **UNSHARED}
     assert gpu.ioctl("BO_INFO", handle=pinned.handle).endswith("\n")
     assert (vram.handle, sysmem.handle, pinned.handle) == (1, 2, 3)
     assert _dmem(shared, "dmem.current") == {VRAM0: 64 << 10, VRAM1: 192 << 10, OTHER: 0}
