@@ -17,19 +17,21 @@ from tests.conftest import REGION
 
 TOKENS = [b"+dmem", b"-dmem", b"max", b"0", b"1", b"-1", b"0x10", b"010", b"1G", b"K",
           REGION.encode(), b"GEM_CREATE", b"GEM_CLOSE", b"EXEC", b"QUERY", b"BO_INFO",
-          b"VM_CREATE", b"VM_DESTROY", b"size=64K", b"placement=vram0", b"placement=system",
+          b"VM_CREATE", b"VM_DESTROY", b"PRIME_EXPORT", b"PRIME_IMPORT", b"dmabuf=1",
+          b"fd=0", b"importer=pin", b"size=64K", b"placement=vram0", b"placement=system",
           b"flags=PINNED", b"handle=1", b"handles=1,1", b"vm_id=1", b"what=mem_regions",
           b"threaded", b"stat", b"read", b"list", b"dmem.max", b"\n", b" ", b"\t", b"=", b",",
           b"\x00", b"\xff\xfe", b"99999999999999999999999"]
 
 
 VERBS = [b"GEM_CREATE", b"GEM_CLOSE", b"EXEC", b"QUERY", b"BO_INFO", b"VM_CREATE",
-         b"VM_DESTROY", b"stat", b"read", b"list"]
+         b"VM_DESTROY", b"PRIME_EXPORT", b"PRIME_IMPORT", b"stat", b"read", b"list"]
 KEYS = [b"size", b"placement", b"flags", b"cpu_caching", b"vm_id", b"handle", b"handles",
-        b"what", b""]
+        b"what", b"dmabuf", b"fd", b"importer", b""]
 VALUES = [b"", b"x", b"-1", b"0", b"1", b"64K", b"1,", b",", b"0x", b"1e3", b"\xff", b"vram0",
           b"vram0,system", b"vram1", b"system", b"PINNED", b"PINNED,SCANOUT", b"wb", b"wc",
-          b"mem_regions", b"1,1,2", b"4294967296", b"99999999999999999999999"]
+          b"mem_regions", b"1,1,2", b"4294967296", b"99999999999999999999999", b"dynamic",
+          b"static"]
 
 
 def payloads(rng: random.Random, n: int) -> list[bytes]:
