@@ -196,6 +196,9 @@ PROCESS_FILES = frozenset(
     {"cgroup.procs", "cgroup.threads", "cgroup.events", "cgroup.kill", "cgroup.subtree_control",
      "cpu.stat"}
 )
+#: Files whose content follows the host or the clock, not requests: never page-cached.
+LIVE_FILES = PROCESS_FILES | {"cgroup.stat.local", "cpu.pressure", "io.pressure",
+                              "memory.pressure", "irq.pressure"}
 
 
 class CgroupFileHandle(Handle):

@@ -22,7 +22,7 @@ from dmemfs.engine.kernfs import Stamp, check_xattr, listing_order, set_xattr
 from dmemfs.errors import DmemError
 from dmemfs.fs import request
 from dmemfs.fs.handles import (
-    PROCESS_FILES,
+    LIVE_FILES,
     CachedFileHandle,
     Call,
     CgroupFileHandle,
@@ -198,7 +198,7 @@ class Operations(pyfuse3.Operations):
 
     def _cacheable(self, node: CgroupFileNode) -> bool:
         return (self.page_cache and node.row.show is not None
-                and node.row.name not in PROCESS_FILES)
+                and node.row.name not in LIVE_FILES)
 
     def _render(self, node: CgroupFileNode) -> bytes | None:
         try:
