@@ -252,14 +252,16 @@ class CgroupTree:
 
     def __init__(
         self, profile: Profile, *, root_attr: Attr | None = None,
-        clock: Callable[[], int] = time.time_ns, irq_pressure: bool = False,
+        clock: Callable[[], int] = time.time_ns,
+        monotonic: Callable[[], int] = time.monotonic_ns, irq_pressure: bool = False,
     ) -> None:
         self.profile = profile
         #: The root of a cgroup2 mount is read-only for everyone but root (kernfs makes it
         #: S_IFDIR | 0555).
         self.root = Cgroup("", None, root_attr or Attr(0, 0, 0o555))
-        #: Wall clock in nanoseconds (file times, ``frozen_usec``).
+        #: Wall clock (file times) and monotonic clock (``frozen_usec``), in nanoseconds.
         self.clock = clock
+        self.monotonic = monotonic
         #: The emulated kernel has ``irq.pressure`` (CONFIG_IRQ_TIME_ACCOUNTING).
         self.irq_pressure = irq_pressure
         #: CPU times of processes, and the whole machine's pressure files by resource.
@@ -316,7 +318,7 @@ class CgroupTree:
         for a in parent.ancestors():
             a.nr_descendants += 1
         if self.is_frozen(parent):
-            child.freeze_start = self.clock()
+            child.freeze_start = self.monotonic()
         self._touch_dir(parent)
         if "dmem" in parent.subtree_control:
             self._dmem_online(child, creds)
@@ -571,7 +573,7 @@ class CgroupTree:
         self._check_live(cgroup)
         before = {c: self.is_frozen(c) for c in cgroup.walk()}
         cgroup.freeze = value
-        now = self.clock()
+        now = self.monotonic()
         for c, was in before.items():
             frozen = self.is_frozen(c)
             if frozen != was:
@@ -587,7 +589,7 @@ class CgroupTree:
         ancestor, including a freeze still in effect."""
         ns = cgroup.frozen_ns
         if cgroup.freeze_start is not None:
-            ns += max(0, self.clock() - cgroup.freeze_start)
+            ns += max(0, self.monotonic() - cgroup.freeze_start)
         return ns // 1000
 
     # -- CPU time ----------------------------------------------------------------------------

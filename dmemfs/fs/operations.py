@@ -582,7 +582,7 @@ class Operations(pyfuse3.Operations):
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.pressure":
-            await self._files_changed(handle.node.cgroup, PRESSURE_FILES)
+            await self._pressure_files_changed(handle.node.cgroup)
         return written
 
     @staticmethod
@@ -600,17 +600,23 @@ class Operations(pyfuse3.Operations):
         Done in a worker thread while this task awaits it: the kernel may need other requests
         served (a lookup holding a child directory's lock) before it can take the notice.
         """
-        for child in list(cgroup.children.values()):
-            await self._files_changed(child, CONTROLLER_FILES)
+        entries: list[tuple[int, bytes]] = []
+        attrs: list[int] = []
+        for child in cgroup.children.values():
+            self._files_changed(child, CONTROLLER_FILES, entries, attrs)
+        if entries or attrs:
+            await trio.to_thread.run_sync(_invalidate, entries, attrs)
 
-    async def _files_changed(self, cgroup: Cgroup, rows: Sequence[CgroupFile]) -> None:
-        """Some of ``rows`` appeared in, vanished from, or changed owner in ``cgroup``: drop
-        what the kernel caches of them (and of the directory's times)."""
+    def _files_changed(self, cgroup: Cgroup, rows: Sequence[CgroupFile],
+                       entries: list[tuple[int, bytes]], attrs: list[int]) -> None:
+        """Some of ``rows`` appeared in, vanished from, or changed owner in ``cgroup``: add
+        what the kernel caches of them (and the directory's times, if it keeps its own) to
+        ``entries`` and ``attrs`` to invalidate."""
         dir_node = self.inodes.peek_cgroup_dir(cgroup)
         if dir_node is None:
             return  # the kernel knows nothing under it
-        entries: list[tuple[int, bytes]] = []
-        attrs: list[int] = [dir_node.ino]
+        if self.tree.stamp(cgroup, "") is not None:
+            attrs.append(dir_node.ino)
         for row in rows:
             node = self.inodes.peek_cgroup_file(cgroup, row.name)
             if node is None:
@@ -619,7 +625,13 @@ class Operations(pyfuse3.Operations):
                 attrs.append(node.ino)
             else:
                 entries.append((dir_node.ino, row.name.encode()))
-        await trio.to_thread.run_sync(_invalidate, entries, attrs)
+
+    async def _pressure_files_changed(self, cgroup: Cgroup) -> None:
+        """cgroup.pressure hid or showed the pressure files of ``cgroup``."""
+        entries: list[tuple[int, bytes]] = []
+        self._files_changed(cgroup, PRESSURE_FILES, entries, [])
+        if entries:
+            await trio.to_thread.run_sync(_invalidate, entries, [])
 
     @fuse_errors
     async def poll(self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None,

@@ -131,7 +131,7 @@ def test_cputime_adjust_scales_to_runtime_and_never_goes_back() -> None:
 
 def test_frozen_usec_counts_freezing_by_self_or_ancestor() -> None:
     now = [0]
-    tree = CgroupTree(LATEST, clock=lambda: now[0])
+    tree = CgroupTree(LATEST, monotonic=lambda: now[0])
     io = FileIO(tree)
     a = tree.mkdir(tree.root, "a")
     b = tree.mkdir(a, "b")

@@ -143,6 +143,24 @@ class Worker:
         os.close(self.fds.pop(name))
         return _ok()
 
+    def read_until(self, path: str, want: str, timeout: float = 5.0) -> Outcome:
+        """The content once it is ``want`` (or whatever it is after ``timeout``): for states
+        the kernel reaches asynchronously (frozen tasks, exited processes)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with open(path, "rb", buffering=0) as f:
+                text = _text(f.read())
+            if text == want or time.monotonic() > deadline:
+                return _ok(text)
+            time.sleep(0.02)
+
+    def fd_poll_wait(self, name: str, timeout: float = 5.0) -> Outcome:
+        """poll() for POLLPRI for up to ``timeout`` seconds; the event names then."""
+        poller = select.poll()
+        poller.register(self.fds[name], select.POLLPRI)
+        poller.poll(int(timeout * 1000))
+        return self.fd_poll(name)
+
     def fd_poll(self, name: str) -> Outcome:
         """What poll() reports right now (the event names, sorted)."""
         poller = select.poll()

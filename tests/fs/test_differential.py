@@ -270,11 +270,11 @@ def build_script() -> Script:
     add("freeze/thaw", "write", "$/f/cgroup.freeze", "0")
     add("freeze/child-events-thawed", "read", "$/f/c/cgroup.events")
     add("freeze/with-procs", "write", "$/a/cgroup.freeze", "1")
-    add("freeze/settle", "sleep", 0.3)
-    add("freeze/with-procs-events", "read", "$/a/cgroup.events")
+    add("freeze/with-procs-events", "read_until", "$/a/cgroup.events",
+        "populated 1\nfrozen 1\n")
     add("freeze/with-procs-thaw", "write", "$/a/cgroup.freeze", "0")
-    add("freeze/settle-2", "sleep", 0.3)
-    add("freeze/with-procs-events-2", "read", "$/a/cgroup.events")
+    add("freeze/with-procs-events-2", "read_until", "$/a/cgroup.events",
+        "populated 1\nfrozen 0\n")
 
     # -- kill ----------------------------------------------------------------------------------
     add("kill/mkdir", "mkdir", "$/k")
@@ -537,16 +537,13 @@ def build_script() -> Script:
     add("notify/read", "fd_read", "cgroup.events#ev")
     add("notify/poll-read", "fd_poll", "cgroup.events#ev")
     add("notify/freeze", "write", "$/ev/cgroup.freeze", "1")
-    add("notify/freeze-settle", "sleep", 0.3)
-    add("notify/poll-frozen", "fd_poll", "cgroup.events#ev")
+    add("notify/poll-frozen", "fd_poll_wait", "cgroup.events#ev")
     add("notify/read-frozen", "fd_read", "cgroup.events#ev")
     add("notify/thaw", "write", "$/ev/cgroup.freeze", "0")
-    add("notify/thaw-settle", "sleep", 0.3)
-    add("notify/poll-thawed", "fd_poll", "cgroup.events#ev")
+    add("notify/poll-thawed", "fd_poll_wait", "cgroup.events#ev")
     add("notify/read-thawed", "fd_read", "cgroup.events#ev")
     add("notify/kill-p2", "@kill", "P2")
-    add("notify/kill-settle", "sleep", 0.3)
-    add("notify/poll-exited", "fd_poll", "cgroup.events#ev")
+    add("notify/poll-exited", "fd_poll_wait", "cgroup.events#ev")
     add("notify/read-exited", "fd_read", "cgroup.events#ev")
     add("notify/close", "fd_close", "cgroup.events#ev")
     add("notify/inotify-close", "fd_close", "inotify#ev")
@@ -564,9 +561,10 @@ def build_script() -> Script:
     add("frozen/move-ticker", "write", "$/fz/cgroup.procs", "{TK}")
     add("frozen/ticks-thawed", "@ticking", "TK")
     add("frozen/freeze", "write", "$/fz/cgroup.freeze", "1")
-    add("frozen/settle", "sleep", 0.2)
+    add("frozen/settle", "read_until", "$/fz/cgroup.events", "populated 1\nfrozen 1\n")
     add("frozen/ticks-frozen", "@ticking", "TK")
     add("frozen/thaw", "write", "$/fz/cgroup.freeze", "0")
+    add("frozen/settle-thawed", "read_until", "$/fz/cgroup.events", "populated 1\nfrozen 0\n")
     add("frozen/ticks-again", "@ticking", "TK")
 
     # -- who "the writer" is ---------------------------------------------------------------
