@@ -8,9 +8,9 @@ figures, final, to every listener registered for the CPU it exits on: the record
 ``AGROUP`` is the group's last task, and a group that ever had several threads comes with a
 per-group aggregate. Those exit records make the time of members that exited exact.
 
-Registering as a listener needs CAP_NET_ADMIN; without it, or without taskstats at all, a
-member that exits counts up to the last time it was sampled (or not at all), and the figures
-of live members still come from queries when those are allowed.
+Taskstats needs CAP_NET_ADMIN. Without it the figures of live members come from
+/proc/PID/stat (user and system time in 10 ms ticks, their sum standing for the runtime), and
+a member that exits counts up to the last time it was sampled.
 
 The machine's figures (the root cgroup) come from the first line of /proc/stat, like
 ``root_cgroup_cputime()``: user = user + nice, system = system + irq + softirq, in USER_HZ
@@ -116,37 +116,45 @@ def _messages(data: bytes) -> list[tuple[int, bytes]]:
     return out
 
 
+def _netlink() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_GENERIC)
+    sock.bind((0, 0))
+    return sock
+
+
 class Taskstats:
-    """A generic-netlink socket speaking the TASKSTATS family."""
+    """Generic-netlink sockets speaking the TASKSTATS family: one for queries, one (once
+    listening) that receives exit records."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                                  NETLINK_GENERIC)
-        self.sock.bind((0, 0))
+        self.sock = _netlink()
+        self.events: socket.socket | None = None
         self._seq = 0
-        reply = self._request(GENL_ID_CTRL, CTRL_CMD_GETFAMILY,
+        reply = self._request(self.sock, GENL_ID_CTRL, CTRL_CMD_GETFAMILY,
                               _attr(CTRL_ATTR_FAMILY_NAME, b"TASKSTATS\0"))
         ids = [struct.unpack_from("H", v)[0] for k, v in _attrs(reply[4:])
                if k == CTRL_ATTR_FAMILY_ID]
         if not ids:
+            self.close()
             raise OSError(errno.ENOENT, "no TASKSTATS netlink family")
         self.family = ids[0]
 
     def close(self) -> None:
         self.sock.close()
+        if self.events is not None:
+            self.events.close()
 
-    def _send(self, family: int, cmd: int, payload: bytes, flags: int = 0) -> int:
-        self._seq += 1
-        body = struct.pack("BBH", cmd, 1, 0) + payload
-        self.sock.send(struct.pack("IHHII", 16 + len(body), family, NLM_F_REQUEST | flags,
-                                   self._seq, 0) + body)
-        return self._seq
-
-    def _request(self, family: int, cmd: int, payload: bytes, flags: int = 0) -> bytes:
+    def _request(self, sock: socket.socket, family: int, cmd: int, payload: bytes,
+                 flags: int = 0) -> bytes:
         """Send a request and return the reply's payload (raises OSError for an error)."""
-        seq = self._send(family, cmd, payload, flags)
+        self._seq += 1
+        seq = self._seq
+        body = struct.pack("BBH", cmd, 1, 0) + payload
+        sock.send(struct.pack("IHHII", 16 + len(body), family, NLM_F_REQUEST | flags, seq, 0)
+                  + body)
         while True:
-            data = self.sock.recv(65536)
+            data = sock.recv(65536)
             for kind, body in _messages(data):
                 (rseq,) = struct.unpack_from("I", data, 8)
                 if rseq != seq:
@@ -161,7 +169,7 @@ class Taskstats:
     def query_tgid(self, tgid: int) -> TaskRecord | None:
         """The thread group's figures now; None if there is no such process."""
         try:
-            reply = self._request(self.family, TASKSTATS_CMD_GET,
+            reply = self._request(self.sock, self.family, TASKSTATS_CMD_GET,
                                   _attr(TASKSTATS_CMD_ATTR_TGID, struct.pack("I", tgid)))
         except OSError as e:
             if e.errno in (errno.ESRCH, errno.EINVAL):
@@ -175,21 +183,31 @@ class Taskstats:
         return None
 
     def listen(self) -> None:
-        """Receive an exit record for every task that exits on any CPU (CAP_NET_ADMIN)."""
-        self._request(self.family, TASKSTATS_CMD_GET, _attr(
-            TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, _possible_cpus().encode() + b"\0"), NLM_F_ACK)
+        """Receive an exit record for every task that exits on any CPU (CAP_NET_ADMIN), on a
+        socket of its own (a query's reply must not be mistaken for a record, or eat one)."""
+        events = _netlink()
         try:
-            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+            events.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
         except OSError:
-            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+            events.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+        try:
+            self._request(events, self.family, TASKSTATS_CMD_GET, _attr(
+                TASKSTATS_CMD_ATTR_REGISTER_CPUMASK, _possible_cpus().encode() + b"\0"),
+                NLM_F_ACK)
+        except OSError:
+            events.close()
+            raise
+        self.events = events
 
     def exits(self) -> list[tuple[int, TaskRecord]]:
         """Exit records received so far, without waiting: (tgid, final figures) of every
         thread group whose last task exited."""
         out: list[tuple[int, TaskRecord]] = []
+        if self.events is None:
+            return out
         while True:
             try:
-                data = self.sock.recv(65536, socket.MSG_DONTWAIT)
+                data = self.events.recv(65536, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 return out
             except OSError as e:
@@ -238,6 +256,21 @@ def _group_exit(payload: bytes) -> tuple[int, TaskRecord] | None:
     return (record.tgid or tid), record
 
 
+def _proc_record(pid: int) -> TaskRecord | None:
+    """A process's user and system time from /proc/PID/stat (ticks), None if it is gone or a
+    zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except OSError:
+        return None
+    if fields[0] == b"Z":
+        return None
+    tick = 1_000_000_000 // _HZ
+    utime, stime = int(fields[11]) * tick, int(fields[12]) * tick
+    return TaskRecord(utime + stime, utime, stime, int(fields[16]), 0, int(fields[1]), pid)
+
+
 def system_cputime() -> CpuTimes:
     """The machine's CPU time since boot (/proc/stat), as the root cgroup shows it."""
     try:
@@ -272,19 +305,16 @@ class HostCpu:
         self.listening = False
 
     def start(self) -> None:
-        """Open the taskstats socket and listen to exits (until then every process counts
-        as 0)."""
+        """Open the taskstats socket and listen to exits (until then, and without taskstats,
+        figures come from /proc)."""
         try:
             self.ts = Taskstats()
-        except OSError as e:
-            log.warning("cpu.stat: no taskstats (%s); member processes count as 0", e)
-            return
-        try:
+            self.ts.query_tgid(os.getpid())
             self.ts.listen()
             self.listening = True
         except OSError as e:
-            log.warning("cpu.stat: cannot listen to taskstats exits (%s); a member that "
-                        "exits counts up to its last sample", e)
+            log.info("cpu.stat: no taskstats (%s): CPU times from /proc/PID/stat", e)
+            self.close()
 
     def close(self) -> None:
         if self.ts is not None:
@@ -309,12 +339,14 @@ class HostCpu:
         final = self._finals.get(pid)
         if final is not None:
             return final
-        record = None
-        if self.ts is not None:
+        if self.ts is None:
+            record = _proc_record(pid)
+        else:
             try:
                 record = self.ts.query_tgid(pid)
             except OSError as e:
                 log.warning("taskstats query of %d failed: %s", pid, e)
+                record = None
         last = self._last.get(pid)
         if record is None or (last is not None and record.rtime < last.rtime):
             # Gone, or a zombie whose live threads no longer count: its exit record (already
@@ -374,9 +406,9 @@ class HostCpu:
                 self.on_exit(exited)
 
     async def _read_exits(self) -> None:
-        assert self.ts is not None
+        assert self.ts is not None and self.ts.events is not None
         while True:
-            await trio.lowlevel.wait_readable(self.ts.sock)
+            await trio.lowlevel.wait_readable(self.ts.events)
             self.flush()
 
 
