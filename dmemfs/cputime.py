@@ -422,5 +422,10 @@ def read_pressure(resource: str) -> str | None:
         return None
 
 
+def has_psi() -> bool:
+    """The host kernel measures pressure (CONFIG_PSI, not disabled with psi=0)."""
+    return os.path.isdir("/proc/pressure")
+
+
 def has_irq_pressure() -> bool:
     return os.path.exists("/proc/pressure/irq")

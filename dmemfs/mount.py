@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
-from dmemfs.cputime import HostCpu, has_irq_pressure, read_pressure
+from dmemfs.cputime import HostCpu, has_irq_pressure, has_psi, read_pressure
 from dmemfs.device import views
 from dmemfs.device.config import DEFAULT_DEVICE, DeviceConfig
 from dmemfs.device.protocol import Session
@@ -53,7 +53,7 @@ class MountOptions:
 
 def build(options: MountOptions, lineage: TraceLineage | None = None) -> Operations:
     """Engine, host processes and the FUSE operations, with the devices registered."""
-    tree = CgroupTree(options.profile, irq_pressure=has_irq_pressure())
+    tree = CgroupTree(options.profile, psi=has_psi(), irq_pressure=has_irq_pressure())
     host = HostProcesses(tree, lineage)
     host.mountpoint = os.path.abspath(options.mountpoint)
     tree.pressure = read_pressure

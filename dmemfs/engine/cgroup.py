@@ -253,7 +253,8 @@ class CgroupTree:
     def __init__(
         self, profile: Profile, *, root_attr: Attr | None = None,
         clock: Callable[[], int] = time.time_ns,
-        monotonic: Callable[[], int] = time.monotonic_ns, irq_pressure: bool = False,
+        monotonic: Callable[[], int] = time.monotonic_ns, psi: bool = True,
+        irq_pressure: bool = False,
     ) -> None:
         self.profile = profile
         #: The root of a cgroup2 mount is read-only for everyone but root (kernfs makes it
@@ -262,8 +263,10 @@ class CgroupTree:
         #: Wall clock (file times) and monotonic clock (``frozen_usec``), in nanoseconds.
         self.clock = clock
         self.monotonic = monotonic
-        #: The emulated kernel has ``irq.pressure`` (CONFIG_IRQ_TIME_ACCOUNTING).
-        self.irq_pressure = irq_pressure
+        #: The emulated kernel has the pressure files (CONFIG_PSI, not disabled at boot), and
+        #: ``irq.pressure`` among them (CONFIG_IRQ_TIME_ACCOUNTING).
+        self.psi = psi
+        self.irq_pressure = psi and irq_pressure
         #: CPU times of processes, and the whole machine's pressure files by resource.
         self.cpu: CpuSource = NoCpuSource()
         self.pressure: Callable[[str], str | None] = lambda resource: None

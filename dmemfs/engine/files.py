@@ -89,6 +89,8 @@ class CgroupFile:
     exists_in: Callable[[Profile], bool] = lambda profile: True
     #: The PSI resource of a ``<resource>.pressure`` file (hidden by ``cgroup.pressure``).
     psi: str | None = None
+    #: Exists only on kernels with pressure stall information (``CFTYPE_PRESSURE``).
+    needs_psi: bool = False
 
     def exists(self, tree: CgroupTree, cgroup: Cgroup, *, hidden_too: bool = False) -> bool:
         """The file is in ``cgroup`` now (``hidden_too``: or only hidden by cgroup.pressure,
@@ -98,6 +100,8 @@ class CgroupFile:
         if self.where is Where.NOT_ON_ROOT and cgroup.is_root:
             return False
         if self.controller is not None and not cgroup.is_root and cgroup.dmem_css is None:
+            return False
+        if self.needs_psi and not tree.psi:
             return False
         if self.psi is not None:
             if self.psi == "irq" and not tree.irq_pressure:
@@ -281,9 +285,10 @@ FILES: tuple[CgroupFile, ...] = (
     # Its lines come from the cpu controller, which dmemfs does not have.
     CgroupFile("cpu.stat.local", 0o444, Where.ALL, lambda t, c: ""),
     CgroupFile("cgroup.pressure", 0o644, Where.ALL, _show_cgroup_pressure,
-               _write_cgroup_pressure),
+               _write_cgroup_pressure, needs_psi=True),
     *(CgroupFile(f"{res}.pressure", 0o644, Where.ALL, _show_pressure(res),
-                 _write_pressure(res), psi=res) for res in ("io", "memory", "cpu", "irq")),
+                 _write_pressure(res), psi=res, needs_psi=True)
+      for res in ("io", "memory", "cpu", "irq")),
     CgroupFile("dmem.capacity", 0o444, Where.ROOT_ONLY, lambda t, c: t.dmem.show_capacity(),
                controller="dmem"),
     CgroupFile("dmem.current", 0o444, Where.ALL, _dmem_show("usage"), controller="dmem"),

@@ -207,6 +207,14 @@ def test_irq_pressure_only_where_the_kernel_has_it(tree: CgroupTree) -> None:
     assert zero_pressure("irq") == "full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n"
 
 
+def test_no_pressure_files_on_a_kernel_without_psi() -> None:
+    tree = CgroupTree(LATEST, psi=False, irq_pressure=True)
+    a = tree.mkdir(tree.root, "a")
+    for cg in (tree.root, a):
+        assert not [f.name for f in files_of(tree, cg) if "pressure" in f.name]
+    tree.mkdir(a, "cgroup.pressure")  # free names then
+
+
 TRIGGERS = [
     ("some 150000 2000000", PsiTrigger("cpu", False, 150000, 2000000)),
     ("full 1 2000000", PsiTrigger("cpu", True, 1, 2000000)),
