@@ -295,8 +295,9 @@ class HostCpu:
         self._watched: set[int] = set()
         self._last: dict[int, CpuTimes] = {}
         self._finals: dict[int, CpuTimes] = {}
-        #: Exits of processes dmemfs never saw: (parent, figures), charged by flush().
-        self._orphans: list[tuple[int, CpuTimes]] = []
+        #: Exits of processes dmemfs never saw: (parent's cgroup, or the parent to locate;
+        #: figures), charged by flush().
+        self._orphans: list[tuple[Cgroup | int, CpuTimes]] = []
         #: Watched processes whose exit record arrived, and who to tell (see run()).
         self._exited: list[int] = []
         self._exits_pending = trio.Event()
@@ -381,14 +382,17 @@ class HostCpu:
                 self._exits_pending.set()
             elif (record.ppid > 0 and not self.tree.knows(tgid)
                   and any(c.nr_populated for c in self.tree.root.children.values())):
-                self._orphans.append((record.ppid, self._times(tgid, record)))
+                # A known parent's cgroup now: it may exit before flush() runs.
+                parent: Cgroup | int = (self.tree.cgroup_of(record.ppid)
+                                        if self.tree.knows(record.ppid) else record.ppid)
+                self._orphans.append((parent, self._times(tgid, record)))
 
     def flush(self) -> None:
         """Charge the exits of processes dmemfs never saw to their parent's cgroup."""
         self.drain()
         orphans, self._orphans = self._orphans, []
-        for ppid, times in orphans:
-            cgroup = self.locate(ppid)
+        for parent, times in orphans:
+            cgroup = self.locate(parent) if isinstance(parent, int) else parent
             if cgroup is not None:
                 self.tree.charge_cputime(cgroup, times)
 

@@ -314,6 +314,12 @@ def files_of(tree: CgroupTree, cgroup: Cgroup) -> list[CgroupFile]:
     return [f for f in FILES if f.exists(tree, cgroup)]
 
 
+def files_shape(cgroup: Cgroup) -> tuple[bool, bool, bool]:
+    """What :meth:`CgroupFile.exists` depends on besides the tree: cgroups of one shape have
+    the same files (for caching listings)."""
+    return cgroup.is_root, cgroup.dmem_css is not None, cgroup.psi_enabled
+
+
 def lookup_file(tree: CgroupTree, cgroup: Cgroup, name: str) -> CgroupFile | None:
     row = FILES_BY_NAME.get(name)
     if row is None or not row.exists(tree, cgroup):

@@ -197,21 +197,32 @@ class InodeTable:
         return 1
 
     def entry(self, node: Node, timeout: float) -> pyfuse3.EntryAttributes:
-        a = self.attr_of(node)
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
         e.entry_timeout = timeout
         e.attr_timeout = timeout
-        e.st_mode = (stat.S_IFDIR if self.is_dir(node) else stat.S_IFREG) | a.mode
-        e.st_nlink = self.nlink(node)
-        e.st_uid = a.uid
-        e.st_gid = a.gid
+        if type(node) is CgroupFileNode:  # most entries: the fast path of a listing
+            cg, name = node.cgroup, node.row.name
+            if cg.file_attrs and name in cg.file_attrs:
+                a = cg.file_attrs[name]
+                e.st_mode, e.st_uid, e.st_gid = stat.S_IFREG | a.mode, a.uid, a.gid
+            else:
+                e.st_mode = stat.S_IFREG | node.row.mode
+                e.st_uid, e.st_gid = (cg.dmem_owner if node.row.controller == "dmem"
+                                      else cg.files_owner)
+            e.st_nlink = 1
+            stamp = cg.stamps.get(name) if cg.stamps else None
+        else:
+            a = self.attr_of(node)
+            e.st_mode = (stat.S_IFDIR if self.is_dir(node) else stat.S_IFREG) | a.mode
+            e.st_uid, e.st_gid = a.uid, a.gid
+            e.st_nlink = self.nlink(node)
+            stamp = self.stamp_of(node)
         e.st_rdev = 0
         e.st_size = 0
         e.st_blksize = 4096
         e.st_blocks = 0
-        stamp = self.stamp_of(node)
         if stamp is None:  # no times of its own: those of the inode's creation, like kernfs
             e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = node.mtime_ns
         else:

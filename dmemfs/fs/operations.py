@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import errno
 import functools
+import heapq
 import logging
 import os
 import select
@@ -17,8 +18,16 @@ import pyfuse3
 import trio
 
 from dmemfs.engine.cgroup import CAP_SYS_ADMIN, Attr, Cgroup, CgroupTree, Creds
-from dmemfs.engine.files import FILES, PRESSURE_FILES, CgroupFile, files_of, lookup_file, read_file
-from dmemfs.engine.kernfs import Stamp, check_xattr, listing_order, set_xattr
+from dmemfs.engine.files import (
+    FILES,
+    PRESSURE_FILES,
+    CgroupFile,
+    files_of,
+    files_shape,
+    lookup_file,
+    read_file,
+)
+from dmemfs.engine.kernfs import Stamp, check_xattr, name_hash, set_xattr
 from dmemfs.errors import DmemError
 from dmemfs.fs import request
 from dmemfs.fs.handles import (
@@ -156,6 +165,8 @@ class Operations(pyfuse3.Operations):
         self.dri = self.add_dir(self.dev, "dri")
         self.debug = self.add_dir(self.root, "debug")
         self._handles: dict[int, Handle] = {}
+        self._rows_by_shape: dict[tuple[bool, bool, bool],
+                                  list[tuple[tuple[int, str], CgroupFile]]] = {}
         #: poll() waiters on cgroup.events, by file handle: woken when the file changes.
         self._pollers: dict[int, tuple[CgroupFileHandle, pyfuse3.PollHandle]] = {}
         self._dirs: dict[int, DirHandle] = {}
@@ -308,17 +319,25 @@ class Operations(pyfuse3.Operations):
             cg = node.cgroup
             if cg.dying:
                 return []
+            # kernfs lists a directory in the order of its name hashes (then names).
             file_node = self.inodes.cgroup_file
             dir_node = self.inodes.cgroup_dir
-            makers: dict[str, Callable[[], Node]] = {
-                row.name: functools.partial(file_node, cg, row)
-                for row in files_of(self.tree, cg)
-            }
-            makers.update((name, functools.partial(dir_node, c))
-                          for name, c in cg.children.items())
-            # kernfs lists a directory in the order of its name hashes.
-            return [(name, makers[name]) for name in listing_order(list(makers))]
+            files: list[tuple[tuple[int, str], Callable[[], Node]]] = [
+                (key, functools.partial(file_node, cg, row)) for key, row in self._listed_rows(cg)]
+            dirs: list[tuple[tuple[int, str], Callable[[], Node]]] = sorted(
+                (((name_hash(name), name), functools.partial(dir_node, c))
+                 for name, c in cg.children.items()), key=lambda t: t[0])
+            return [(key[1], make) for key, make in heapq.merge(files, dirs, key=lambda t: t[0])]
         raise _err(errno.ENOTDIR)
+
+    def _listed_rows(self, cg: Cgroup) -> list[tuple[tuple[int, str], CgroupFile]]:
+        """The files of ``cg`` with their sort keys, in listing order (cached per shape)."""
+        shape = files_shape(cg)
+        rows = self._rows_by_shape.get(shape)
+        if rows is None:
+            rows = sorted(((name_hash(r.name), r.name), r) for r in files_of(self.tree, cg))
+            self._rows_by_shape[shape] = rows
+        return rows
 
     def _cgroup_dir(self, ino: int) -> Cgroup:
         node = self._node(ino)
