@@ -266,10 +266,10 @@ class Operations(pyfuse3.Operations):
             if node.shown is not None and self._render(node) != node.shown:
                 self._stale(node)
 
-    @staticmethod
-    def _stale(node: CgroupFileNode) -> None:
+    def _stale(self, node: CgroupFileNode) -> None:
         """The kernel's copy of ``node`` is out of date: give it a new mtime and make the
-        kernel ask for the attributes again.
+        kernel ask for the attributes again. (A file with times of its own, set by utime or
+        chmod, gets the new mtime there: only a new mtime makes the kernel drop the pages.)
 
         Only the attributes are invalidated here: dropping pages (``attr_only=False``) or
         storing new ones (``notify_store``) must lock each page, and a reader may hold that
@@ -279,6 +279,10 @@ class Operations(pyfuse3.Operations):
         """
         node.shown = None
         node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
+        stamp = self.tree.stamp(node.cgroup, node.row.name)
+        if stamp is not None:
+            self.tree.set_times(node.cgroup, node.row.name,
+                                mtime=max(node.mtime_ns, stamp.mtime + 1))
         try:
             pyfuse3.invalidate_inode(node.ino, attr_only=True)
         except OSError:

@@ -44,8 +44,6 @@ ALLOWED: dict[str, str] = {
     "frozen/ticks-frozen": "cgroup.freeze does not stop processes: a FUSE daemon has no "
                            "freezer, and SIGSTOP would be seen by the processes' parents; "
                            "the state is recorded and reported",
-    "writer/fd-passed-to-child": "FUSE does not say who calls write(): the writer is the "
-                                 "process that opened the file",
     "system/proc-cgroup-p1": "/proc/PID/cgroup is the kernel's own; `dmemfs cgroup-of` prints "
                              "the emulated membership",
     "system/statfs": "statfs() of a FUSE mount reports FUSE_SUPER_MAGIC; `dmemfs as-cgroup2 "
