@@ -13,13 +13,15 @@ from dataclasses import dataclass, field
 import pyfuse3
 import trio
 
+from dmemfs.cputime import HostCpu, has_irq_pressure, has_psi, read_pressure
 from dmemfs.device import views
 from dmemfs.device.config import DEFAULT_DEVICE, DeviceConfig
 from dmemfs.device.dmabuf import DmaBufTable
 from dmemfs.device.protocol import Session
 from dmemfs.device.selftest import DmemSelftest
 from dmemfs.device.xe import Device
-from dmemfs.engine.cgroup import Attr, CgroupTree
+from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree
+from dmemfs.errors import DmemError
 from dmemfs.fs import dmabufs
 from dmemfs.fs.debug import add_debug_files
 from dmemfs.fs.dmabufs import DmaBufDir
@@ -54,10 +56,13 @@ class MountOptions:
 
 def build(options: MountOptions, lineage: TraceLineage | None = None) -> Operations:
     """Engine, host processes and the FUSE operations, with the devices registered."""
-    tree = CgroupTree(options.profile)
+    tree = CgroupTree(options.profile, psi=has_psi(), irq_pressure=has_irq_pressure())
     host = HostProcesses(tree, lineage)
     host.mountpoint = os.path.abspath(options.mountpoint)
+    tree.pressure = read_pressure
+    tree.cpu = HostCpu(tree, functools.partial(_locate, host))
     ops = Operations(tree, host, page_cache=options.page_cache)
+    tree.cpu.on_exit = ops.processes_exited
     if options.selftest:
         _add_selftest(ops, DmemSelftest(tree))
     dmabufs = DmaBufTable()
@@ -68,6 +73,14 @@ def build(options: MountOptions, lineage: TraceLineage | None = None) -> Operati
     _add_dmabufs(ops, dmabufs)
     add_debug_files(ops, options.profile, options.mountpoint)
     return ops
+
+
+def _locate(host: HostProcesses, pid: int) -> Cgroup | None:
+    """The cgroup of a live process (resolved through its parents if dmemfs never saw it)."""
+    try:
+        return host.cgroup_of(pid)
+    except DmemError:
+        return None
 
 
 def _add_selftest(ops: Operations, selftest: DmemSelftest) -> None:
@@ -142,12 +155,15 @@ async def _apply_events(host: HostProcesses) -> None:
         host.sync()
 
 
-async def _serve(early: list[int], keeper: StateKeeper | None, host: HostProcesses) -> None:
+async def _serve(early: list[int], keeper: StateKeeper | None, host: HostProcesses,
+                 cpu: HostCpu | None) -> None:
     async with trio.open_nursery() as nursery:
         if keeper is not None:
             nursery.start_soon(keeper.run)
         if host.lineage is not None:
             nursery.start_soon(_apply_events, host)
+        if cpu is not None:
+            nursery.start_soon(cpu.run)
 
         async def stop_on_signal(task_status: trio.TaskStatus[None]) -> None:
             with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
@@ -207,10 +223,15 @@ def _run(options: MountOptions, ready: Callable[[], None], lineage: TraceLineage
     early: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: early.append(signum))
                 for s in STOP_SIGNALS}
+    cpu = ops.tree.cpu if isinstance(ops.tree.cpu, HostCpu) else None
+    if cpu is not None:
+        cpu.start()
     try:
         ready()
-        trio.run(_serve, early, keeper, ops.host)
+        trio.run(_serve, early, keeper, ops.host, cpu)
     finally:
+        if cpu is not None:
+            cpu.close()
         for s, handler in previous.items():
             signal.signal(s, handler)
         if keeper is not None:

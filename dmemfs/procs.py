@@ -68,7 +68,7 @@ def supplementary_groups(pid: int) -> frozenset[int]:
 def process_creds(tid: int) -> Creds | None:
     """The credentials a thread acts with (its file-system uid and gid, as permission checks
     use, and supplementary groups), or None if it is gone."""
-    uid = gid = None
+    uid = gid = caps = None
     groups: frozenset[int] = frozenset()
     try:
         with open(f"/proc/{tid}/status", "rb") as f:
@@ -79,15 +79,55 @@ def process_creds(tid: int) -> Creds | None:
                     gid = int(line.split()[4])
                 elif line.startswith(b"Groups:"):
                     groups = frozenset(int(g) for g in line.split()[1:])
+                elif line.startswith(b"CapEff:"):
+                    caps = int(line.split()[1], 16)
     except (OSError, ValueError, IndexError):
         return None
     if uid is None or gid is None:
         return None
-    return Creds(uid, gid, groups)
+    return Creds(uid, gid, groups, caps)
 
 
 def creds_of(pid: int, uid: int, gid: int) -> Creds:
-    return Creds(uid, gid, supplementary_groups(pid))
+    return Creds(uid, gid, supplementary_groups(pid), capabilities(pid))
+
+
+def capabilities(pid: int) -> int | None:
+    """The effective capability set of a process (``CapEff:``), None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"CapEff:"):
+                    return int(line.split()[1], 16)
+    except (FileNotFoundError, ProcessLookupError, ValueError):
+        pass
+    return None
+
+
+#: ``PF_NO_SETAFFINITY`` (include/linux/sched.h): a kernel thread bound to its CPUs.
+PF_NO_SETAFFINITY = 0x04000000
+
+
+def no_setaffinity(pid: int) -> bool:
+    """A task the kernel refuses to move between cgroups (``cgroup_procs_write_start()``)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            flags = int(f.read().rpartition(b")")[2].split()[6])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return False
+    return bool(flags & PF_NO_SETAFFINITY)
+
+
+def zombie_tgid(tid: int) -> int | None:
+    """The thread group of ``tid`` if it is a process that exited and was not reaped yet."""
+    if tid <= 0:
+        return None
+    try:
+        with open(f"/proc/{tid}/stat", "rb") as f:
+            state = f.read().rpartition(b")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return None
+    return tgid_of(tid) if state == b"Z" else None
 
 
 def _now() -> float:

@@ -1,8 +1,10 @@
 """The interface files of a cgroup directory: one declarative row each (``struct cftype``).
 
-Each row names the file, its mode, where it exists, and how it is shown and written.
+Each row names the file, its mode, where it exists, and how it is shown and written; the core
+rows follow ``cgroup_base_files`` and ``cgroup_psi_files`` of kernel/cgroup/cgroup.c.
 :func:`read_file` and :func:`write_file` apply the kernfs rules every file shares (E2BIG over
-one page, empty write is a no-op, ENODEV once the cgroup is removed).
+one page, empty write is a no-op, ENODEV once the cgroup is removed, EINVAL for a read or a
+write the file has no handler for).
 """
 
 from __future__ import annotations
@@ -13,10 +15,13 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dmemfs.engine import parse
-from dmemfs.engine.cgroup import Cgroup, CgroupTree, Creds
+from dmemfs.engine.cgroup import CAP_SYS_RESOURCE, Cgroup, CgroupTree, Creds
+from dmemfs.engine.psi import PsiTrigger, parse_trigger, zero_pressure
 from dmemfs.errors import (
+    Busy,
     InvalidArgument,
     NoDevice,
+    NoProcess,
     NotSupported,
     OutOfRange,
     TooBig,
@@ -40,9 +45,21 @@ class WriteContext(Protocol):
         """Whether the open file has ``O_NONBLOCK`` at the time of this write."""
         ...
 
+    #: The trigger written to this open pressure file, if any (one per open file).
+    psi_trigger: PsiTrigger | None
+
     def resolve_pid(self, pid: int) -> int:
         """Map a written process or thread id to its thread group, registering where the process
         lives if the engine does not know it yet; raises NoProcess (ESRCH) if it does not exist."""
+        ...
+
+    def zombie(self, pid: int) -> int | None:
+        """The thread group id if ``pid`` is an exited, not yet reaped process (its task still
+        exists for the kernel), else None."""
+        ...
+
+    def migratable(self, pid: int) -> bool:
+        """False for a task the kernel never moves (a kernel thread bound to its CPUs)."""
         ...
 
     def kill(self, pids: list[int]) -> None:
@@ -70,15 +87,28 @@ class CgroupFile:
     controller: str | None = None
     #: Whether the emulated kernel version has this file.
     exists_in: Callable[[Profile], bool] = lambda profile: True
+    #: The PSI resource of a ``<resource>.pressure`` file (hidden by ``cgroup.pressure``).
+    psi: str | None = None
+    #: Exists only on kernels with pressure stall information (``CFTYPE_PRESSURE``).
+    needs_psi: bool = False
 
-    def exists(self, cgroup: Cgroup, profile: Profile) -> bool:
+    def exists(self, tree: CgroupTree, cgroup: Cgroup, *, hidden_too: bool = False) -> bool:
+        """The file is in ``cgroup`` now (``hidden_too``: or only hidden by cgroup.pressure,
+        which keeps its kernfs node)."""
         if self.where is Where.ROOT_ONLY and not cgroup.is_root:
             return False
         if self.where is Where.NOT_ON_ROOT and cgroup.is_root:
             return False
         if self.controller is not None and not cgroup.is_root and cgroup.dmem_css is None:
             return False
-        return self.exists_in(profile)
+        if self.needs_psi and not tree.psi:
+            return False
+        if self.psi is not None:
+            if self.psi == "irq" and not tree.irq_pressure:
+                return False
+            if not cgroup.psi_enabled and not hidden_too:
+                return False
+        return self.exists_in(tree.profile)
 
 
 # -- core files -------------------------------------------------------------------------------
@@ -97,18 +127,38 @@ def _show_threads(tree: CgroupTree, cg: Cgroup) -> str:
     return "".join(f"{t}\n" for p in tree.procs_of(cg) for t in tree.host.threads(p))
 
 
-def _write_procs(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+def _find_task(tree: CgroupTree, text: str, ctx: WriteContext) -> tuple[int, Cgroup, bool]:
+    """``cgroup_procs_write_start()``: the written id's process, its cgroup, and whether it is
+    a zombie (found, but already exiting: nothing of it moves)."""
     pid = parse.parse_pid(text)
-    pid = ctx.pid if pid == 0 else ctx.resolve_pid(pid)
-    tree.check_migrate_permission(pid, cg, ctx.creds)
-    tree.migrate(pid, cg)
+    if pid == 0:
+        return ctx.pid, tree.cgroup_of(ctx.pid), False
+    src = tree.cgroup_of(pid)  # a zombie keeps its cgroup; look before it is forgotten
+    try:
+        tgid = ctx.resolve_pid(pid)
+    except NoProcess:
+        zombie = ctx.zombie(pid)
+        if zombie is None:
+            raise
+        return zombie, src, True
+    if not ctx.migratable(tgid):
+        raise InvalidArgument(f"process {tgid} cannot be moved (PF_NO_SETAFFINITY)")
+    return tgid, tree.cgroup_of(tgid), False
+
+
+def _write_procs(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    pid, src, zombie = _find_task(tree, text, ctx)
+    tree.check_migrate_permission(pid, cg, ctx.creds, src)
+    tree.vet_dst(cg)
+    if not zombie:
+        tree.migrate(pid, cg)
 
 
 def _write_threads(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
-    tid = parse.parse_pid(text)
-    pid = ctx.pid if tid == 0 else ctx.resolve_pid(tid)
-    tree.check_migrate_permission(pid, cg, ctx.creds)
-    if tree.cgroup_of(pid) is not cg:
+    pid, src, _ = _find_task(tree, text, ctx)
+    tree.check_migrate_permission(pid, cg, ctx.creds, src)
+    tree.vet_dst(cg)
+    if src is not cg:
         # Every cgroup here is a domain: a single thread cannot leave its process's domain.
         raise NotSupported("threads cannot move across domain cgroups")
 
@@ -139,6 +189,41 @@ def _show_stat(tree: CgroupTree, cg: Cgroup) -> str:
 
 def _write_freeze(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
     tree.set_freeze(cg, parse.parse_bool01(text))
+
+
+def _show_stat_local(tree: CgroupTree, cg: Cgroup) -> str:
+    return f"frozen_usec {tree.frozen_usec(cg)}\n"
+
+
+def _show_cgroup_pressure(tree: CgroupTree, cg: Cgroup) -> str:
+    return f"{int(cg.psi_enabled)}\n"
+
+
+def _write_cgroup_pressure(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+    """``cgroup_pressure_write()``: 0 hides the pressure files, 1 shows them again."""
+    enabled = bool(parse.parse_bool01(text))
+    if enabled != cg.psi_enabled:
+        cg.psi_enabled = enabled
+        if not enabled:
+            cg.psi_gen += 1
+
+
+def _show_pressure(resource: str) -> Show:
+    def show(tree: CgroupTree, cg: Cgroup) -> str:
+        if cg.is_root:  # the root cgroup's group is the system's (psi_system)
+            return tree.pressure(resource) or zero_pressure(resource)
+        return zero_pressure(resource)
+
+    return show
+
+
+def _write_pressure(resource: str) -> Write:
+    def write(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
+        if ctx.psi_trigger is not None:
+            raise Busy("this open file already has a trigger")
+        ctx.psi_trigger = parse_trigger(text, resource, ctx.creds.capable(CAP_SYS_RESOURCE))
+
+    return write
 
 
 def _write_kill(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
@@ -195,6 +280,15 @@ FILES: tuple[CgroupFile, ...] = (
                lambda t, c: _mask(c.subtree_control), _write_subtree_control),
     CgroupFile("cgroup.threads", 0o644, Where.ALL, _show_threads, _write_threads),
     CgroupFile("cgroup.type", 0o644, Where.NOT_ON_ROOT, lambda t, c: "domain\n", _write_type),
+    CgroupFile("cgroup.stat.local", 0o444, Where.NOT_ON_ROOT, _show_stat_local),
+    CgroupFile("cpu.stat", 0o444, Where.ALL, lambda t, c: t.cpu_stat(c)),
+    # Its lines come from the cpu controller, which dmemfs does not have.
+    CgroupFile("cpu.stat.local", 0o444, Where.ALL, lambda t, c: ""),
+    CgroupFile("cgroup.pressure", 0o644, Where.ALL, _show_cgroup_pressure,
+               _write_cgroup_pressure, needs_psi=True),
+    *(CgroupFile(f"{res}.pressure", 0o644, Where.ALL, _show_pressure(res),
+                 _write_pressure(res), psi=res, needs_psi=True)
+      for res in ("io", "memory", "cpu", "irq")),
     CgroupFile("dmem.capacity", 0o444, Where.ROOT_ONLY, lambda t, c: t.dmem.show_capacity(),
                controller="dmem"),
     CgroupFile("dmem.current", 0o444, Where.ALL, _dmem_show("usage"), controller="dmem"),
@@ -212,23 +306,36 @@ FILES: tuple[CgroupFile, ...] = (
 
 FILES_BY_NAME: dict[str, CgroupFile] = {f.name: f for f in FILES}
 FILE_NAMES = frozenset(FILES_BY_NAME)
+PRESSURE_FILES = tuple(f for f in FILES if f.psi is not None)
 
 
 def files_of(tree: CgroupTree, cgroup: Cgroup) -> list[CgroupFile]:
     """The interface files that exist in ``cgroup`` now, in table order."""
-    return [f for f in FILES if f.exists(cgroup, tree.profile)]
+    return [f for f in FILES if f.exists(tree, cgroup)]
+
+
+def files_shape(cgroup: Cgroup) -> tuple[bool, bool, bool]:
+    """What :meth:`CgroupFile.exists` depends on besides the tree: cgroups of one shape have
+    the same files (for caching listings)."""
+    return cgroup.is_root, cgroup.dmem_css is not None, cgroup.psi_enabled
 
 
 def lookup_file(tree: CgroupTree, cgroup: Cgroup, name: str) -> CgroupFile | None:
     row = FILES_BY_NAME.get(name)
-    if row is None or not row.exists(cgroup, tree.profile):
+    if row is None or not row.exists(tree, cgroup):
         return None
     return row
 
 
+def file_exists(tree: CgroupTree, cgroup: Cgroup, name: str, *, hidden_too: bool = False
+                ) -> bool:
+    row = FILES_BY_NAME.get(name)
+    return row is not None and row.exists(tree, cgroup, hidden_too=hidden_too)
+
+
 def read_file(tree: CgroupTree, cgroup: Cgroup, row: CgroupFile) -> bytes:
     """Render the whole content of an interface file (a seq_file snapshot)."""
-    if cgroup.dying or not row.exists(cgroup, tree.profile):
+    if cgroup.dying or not row.exists(tree, cgroup):
         raise NoDevice(f"{cgroup.path}/{row.name} is gone")
     if row.show is None:
         raise InvalidArgument(f"{row.name} is write-only")
@@ -243,9 +350,10 @@ def write_file(
         raise TooBig(f"a single write is limited to {MAX_WRITE} bytes")
     if not data:
         return 0
-    if cgroup.dying or not row.exists(cgroup, tree.profile):
+    if cgroup.dying or not row.exists(tree, cgroup):
         raise NoDevice(f"{cgroup.path}/{row.name} is gone")
     if row.write is None:
         raise InvalidArgument(f"{row.name} is read-only")
-    row.write(tree, cgroup, data.decode("latin-1"), ctx)
+    # kernfs hands the handler a NUL-terminated copy; every parser stops at the first NUL.
+    row.write(tree, cgroup, data.split(b"\0", 1)[0].decode("latin-1"), ctx)
     return len(data)

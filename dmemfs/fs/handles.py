@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dmemfs.device.protocol import Session
 from dmemfs.engine.cgroup import Creds
 from dmemfs.engine.files import CgroupFile, read_file, write_file
+from dmemfs.engine.psi import PsiTrigger
 from dmemfs.errors import DmemError, InvalidArgument, NoDevice
 from dmemfs.fs.inodes import CgroupFileNode
-from dmemfs.procs import HostProcesses, creds_of, process_creds
+from dmemfs.procs import HostProcesses, creds_of, no_setaffinity, process_creds, zombie_tgid
 from dmemfs.profile import MAX_WRITE
 
 #: Where exported dma-bufs appear, relative to the mount (see dmemfs/fs/dmabufs.py).
@@ -32,7 +33,7 @@ class Opener:
     """
 
     __slots__ = ("_birth", "_creds", "_holder", "_pid", "flags", "gid", "host", "ino",
-                 "position", "tid", "uid")
+                 "position", "psi_trigger", "tid", "uid")
 
     def __init__(self, tid: int, uid: int, gid: int, host: HostProcesses,
                  flags: int = os.O_RDONLY) -> None:
@@ -50,6 +51,8 @@ class Opener:
         self._birth: float | None = None
         self._creds: Creds | None = None
         self._holder: tuple[int, int] | None = None
+        #: A pressure trigger written to this open file (one per open file).
+        self.psi_trigger: PsiTrigger | None = None
 
     @property
     def pid(self) -> int:
@@ -91,6 +94,12 @@ class Opener:
 
     def resolve_pid(self, pid: int) -> int:
         return self.host.resolve(pid)
+
+    def zombie(self, pid: int) -> int | None:
+        return zombie_tgid(pid)
+
+    def migratable(self, pid: int) -> bool:
+        return not no_setaffinity(pid)
 
     def kill(self, pids: list[int]) -> None:
         self.host.kill(pids)
@@ -150,8 +159,23 @@ class Call:
     def nonblock(self) -> bool:
         return bool(self.flags & os.O_NONBLOCK)
 
+    @property
+    def psi_trigger(self) -> PsiTrigger | None:
+        """The open file's pressure trigger (kept by the open file, not the call)."""
+        return self.opener.psi_trigger
+
+    @psi_trigger.setter
+    def psi_trigger(self, trigger: PsiTrigger | None) -> None:
+        self.opener.psi_trigger = trigger
+
     def resolve_pid(self, pid: int) -> int:
         return self.opener.resolve_pid(pid)
+
+    def zombie(self, pid: int) -> int | None:
+        return self.opener.zombie(pid)
+
+    def migratable(self, pid: int) -> bool:
+        return self.opener.migratable(pid)
 
     def kill(self, pids: list[int]) -> None:
         self.opener.kill(pids)
@@ -160,20 +184,25 @@ class Call:
 class Handle:
     """Base class: a file handle with seq_file-like reads."""
 
-    __slots__ = ("buf", "opener")
+    __slots__ = ("buf", "opener", "read_pos")
 
     def __init__(self, opener: Opener) -> None:
         self.opener = opener
         self.buf: bytes | None = None
+        #: Where the last read ended (``seq_file.read_pos``).
+        self.read_pos = 0
 
     def render(self) -> bytes:
         raise InvalidArgument("not readable")
 
     def read(self, off: int, size: int) -> bytes:
-        """Offset 0 renders a fresh snapshot; later offsets slice the last one."""
-        if off == 0 or self.buf is None:
+        """``seq_read_iter()``: a read that continues where the last one ended slices the
+        snapshot that one made; a read at offset 0, or anywhere else, renders a fresh one."""
+        if off == 0 or self.buf is None or off != self.read_pos:
             self.buf = self.render()
-        return self.buf[off : off + size]
+        data = self.buf[off : off + size]
+        self.read_pos = off + len(data)
+        return data
 
     def write(self, data: bytes, call: Call) -> int:
         raise InvalidArgument("not writable")
@@ -184,29 +213,47 @@ class Handle:
 
 #: Core files whose content depends on process liveness: dead members are pruned first.
 PROCESS_FILES = frozenset(
-    {"cgroup.procs", "cgroup.threads", "cgroup.events", "cgroup.kill", "cgroup.subtree_control"}
+    {"cgroup.procs", "cgroup.threads", "cgroup.events", "cgroup.kill", "cgroup.subtree_control",
+     "cpu.stat"}
 )
+#: Files whose content follows the host or the clock, not requests: never page-cached.
+LIVE_FILES = PROCESS_FILES | {"cgroup.stat.local", "cpu.pressure", "io.pressure",
+                              "memory.pressure", "irq.pressure"}
 
 
 class CgroupFileHandle(Handle):
-    __slots__ = ("node",)
+    __slots__ = ("event", "node", "psi_gen")
 
     def __init__(self, opener: Opener, node: CgroupFileNode) -> None:
         super().__init__(opener)
         self.node = node
+        #: The file's change count when this open file last read it (``of->event``); a file
+        #: not read yet counts as changed (kernfs starts an open node's count at 1, an open
+        #: file's at 0).
+        self.event = -1
+        #: Pressure files hidden by cgroup.pressure after this open stay dead for it, even
+        #: when shown again (kernfs drains the open files of a deactivated node).
+        self.psi_gen = node.cgroup.psi_gen
 
     @property
     def row(self) -> CgroupFile:
         return self.node.row
 
+    def changes(self) -> int:
+        """How often the file changed (only ``cgroup.events`` notifies, cgroup_file_notify())."""
+        return self.node.cgroup.events_seq if self.row.name == "cgroup.events" else 0
+
     def _check(self) -> None:
         if self.node.gone:
             raise NoDevice(f"{self.node.cgroup.path} was removed")
+        if self.row.psi is not None and self.psi_gen != self.node.cgroup.psi_gen:
+            raise NoDevice(f"{self.node.cgroup.path}/{self.row.name} was hidden")
         if self.row.name in PROCESS_FILES:
             self.opener.host.prune(self.node.cgroup)
 
     def render(self) -> bytes:
         self._check()
+        self.event = self.changes()
         return read_file(self.opener.host.tree, self.node.cgroup, self.row)
 
     def write(self, data: bytes, call: Call) -> int:

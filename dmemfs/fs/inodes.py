@@ -16,6 +16,7 @@ import pyfuse3
 
 from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree
 from dmemfs.engine.files import CgroupFile
+from dmemfs.engine.kernfs import Stamp
 
 if TYPE_CHECKING:
     from dmemfs.fs.handles import Handle, Opener
@@ -24,7 +25,7 @@ ROOT_INODE = pyfuse3.ROOT_INODE
 
 
 class Node:
-    __slots__ = ("ino", "lookups", "mtime_ns")
+    __slots__ = ("ino", "lookups", "mtime_ns", "stamp")
 
     #: Static nodes are never dropped from the table.
     persistent = False
@@ -36,6 +37,8 @@ class Node:
         self.ino = 0
         self.lookups = 0
         self.mtime_ns = time.time_ns()
+        #: Times set on a static node (cgroup nodes keep theirs in the engine).
+        self.stamp: Stamp | None = None
 
     @property
     def gone(self) -> bool:
@@ -211,26 +214,54 @@ class InodeTable:
     def is_dir(self, node: Node) -> bool:
         return isinstance(node, StaticDir | CgroupDir)
 
+    def stamp_of(self, node: Node) -> Stamp | None:
+        """Times set on a cgroup directory or interface file (they outlive the node)."""
+        if isinstance(node, CgroupDir):
+            return self.tree.stamp(node.cgroup, "")
+        if isinstance(node, CgroupFileNode):
+            return self.tree.stamp(node.cgroup, node.row.name)
+        return node.stamp
+
+    def nlink(self, node: Node) -> int:
+        """Like kernfs: a directory has 2 links plus one per subdirectory; a removed cgroup
+        keeps the count it had."""
+        if isinstance(node, CgroupDir):
+            return 2 + (0 if node.cgroup.dying else len(node.cgroup.children))
+        if isinstance(node, StaticDir):
+            return 2 + sum(1 for c in node.children.values() if self.is_dir(c))
+        return 1
+
     def entry(self, node: Node, timeout: float) -> pyfuse3.EntryAttributes:
         if node.volatile:
             timeout = 0.0
-        a = self.attr_of(node)
         e = pyfuse3.EntryAttributes()
         e.st_ino = node.ino
         e.generation = 0
         e.entry_timeout = timeout
         e.attr_timeout = timeout
-        if self.is_dir(node):
-            e.st_mode = stat.S_IFDIR | a.mode
-            e.st_nlink = 2
-        else:
-            e.st_mode = stat.S_IFREG | a.mode
+        if type(node) is CgroupFileNode:  # most entries: the fast path of a listing
+            cg, name = node.cgroup, node.row.name
+            if cg.file_attrs and name in cg.file_attrs:
+                a = cg.file_attrs[name]
+                e.st_mode, e.st_uid, e.st_gid = stat.S_IFREG | a.mode, a.uid, a.gid
+            else:
+                e.st_mode = stat.S_IFREG | node.row.mode
+                e.st_uid, e.st_gid = (cg.dmem_owner if node.row.controller == "dmem"
+                                      else cg.files_owner)
             e.st_nlink = 1
-        e.st_uid = a.uid
-        e.st_gid = a.gid
+            stamp = cg.stamps.get(name) if cg.stamps else None
+        else:
+            a = self.attr_of(node)
+            e.st_mode = (stat.S_IFDIR if self.is_dir(node) else stat.S_IFREG) | a.mode
+            e.st_uid, e.st_gid = a.uid, a.gid
+            e.st_nlink = self.nlink(node)
+            stamp = self.stamp_of(node)
         e.st_rdev = 0
         e.st_size = 0
         e.st_blksize = 4096
         e.st_blocks = 0
-        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = node.mtime_ns
+        if stamp is None:  # no times of its own: those of the inode's creation, like kernfs
+            e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = node.mtime_ns
+        else:
+            e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns = stamp.atime, stamp.mtime, stamp.ctime
         return e

@@ -5,8 +5,11 @@ from __future__ import annotations
 import collections
 import errno
 import functools
+import heapq
 import logging
 import os
+import select
+import stat
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
@@ -14,12 +17,21 @@ from typing import Any, TypeVar
 import pyfuse3
 import trio
 
-from dmemfs.engine.cgroup import Attr, Cgroup, CgroupTree, Creds
-from dmemfs.engine.files import FILES, files_of, lookup_file, read_file
+from dmemfs.engine.cgroup import CAP_SYS_ADMIN, Attr, Cgroup, CgroupTree, Creds
+from dmemfs.engine.files import (
+    FILES,
+    PRESSURE_FILES,
+    CgroupFile,
+    files_of,
+    files_shape,
+    lookup_file,
+    read_file,
+)
+from dmemfs.engine.kernfs import Stamp, check_xattr, name_hash, set_xattr
 from dmemfs.errors import DmemError
 from dmemfs.fs import request
 from dmemfs.fs.handles import (
-    PROCESS_FILES,
+    LIVE_FILES,
     CachedFileHandle,
     Call,
     CgroupFileHandle,
@@ -36,8 +48,7 @@ from dmemfs.fs.inodes import (
     SpecialFile,
     StaticDir,
 )
-from dmemfs.procs import HostProcesses
-from dmemfs.profile import MAX_XATTR_BYTES, MAX_XATTRS
+from dmemfs.procs import HostProcesses, capabilities
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +58,12 @@ log = logging.getLogger(__name__)
 TIMEOUT = 300.0
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+#: What poll() reports for any open cgroupfs file (``DEFAULT_POLLMASK``)...
+DEFAULT_POLLMASK = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
+#: ...plus this when the file changed since the opener last read it (``kernfs_generic_poll()``),
+#: or for a pressure file without a trigger (``psi_trigger_poll()``).
+CHANGED = select.POLLERR | select.POLLPRI
 
 #: FUSE requests served, by handler name (shown in MOUNT/debug/requests).
 REQUESTS: collections.Counter[str] = collections.Counter()
@@ -149,6 +166,10 @@ class Operations(pyfuse3.Operations):
         self.dri = self.add_dir(self.dev, "dri")
         self.debug = self.add_dir(self.root, "debug")
         self._handles: dict[int, Handle] = {}
+        self._rows_by_shape: dict[tuple[bool, bool, bool],
+                                  list[tuple[tuple[int, str], CgroupFile]]] = {}
+        #: poll() waiters on cgroup.events, by file handle: woken when the file changes.
+        self._pollers: dict[int, tuple[CgroupFileHandle, pyfuse3.PollHandle]] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
 
@@ -189,7 +210,7 @@ class Operations(pyfuse3.Operations):
 
     def _cacheable(self, node: CgroupFileNode) -> bool:
         return (self.page_cache and node.row.show is not None
-                and node.row.name not in PROCESS_FILES)
+                and node.row.name not in LIVE_FILES)
 
     def _render(self, node: CgroupFileNode) -> bytes | None:
         try:
@@ -211,12 +232,34 @@ class Operations(pyfuse3.Operations):
 
     async def _after_change(self, changed: Sequence[Cgroup] = ()) -> None:
         """After a request that may have changed the engine: refresh what the page cache
-        holds of open files, and tell --state the configuration of ``changed`` may differ
-        (returning once that is saved)."""
-        if self._cached_open:
-            self._refresh_cached()
+        holds of open files, wake pollers of files that changed, and tell --state the
+        configuration of ``changed`` may differ (returning once that is saved)."""
+        self._settle()
         if changed and self.config_changed is not None:
             await self.config_changed(list(changed))
+
+    def _settle(self) -> None:
+        """The part of :meth:`_after_change` that needs no await."""
+        if self._cached_open:
+            self._refresh_cached()
+        if self._pollers:
+            self._wake_pollers()
+
+    def _wake_pollers(self) -> None:
+        for fh, (handle, poll_handle) in list(self._pollers.items()):
+            if handle.event != handle.changes() or handle.node.gone:
+                del self._pollers[fh]
+                try:
+                    poll_handle.notify()
+                except OSError:
+                    pass  # the waiter is gone
+
+    def processes_exited(self, pids: list[int]) -> None:
+        """Member processes exited (their exit records arrived): they leave their cgroups now,
+        as in ``cgroup_exit()``, and pollers of ``cgroup.events`` wake up."""
+        for pid in pids:
+            self.tree.forget(pid)
+        self._settle()
 
     def _refresh_cached(self) -> None:
         """Mark stale the cached pages of open files whose content is no longer what they show."""
@@ -224,10 +267,10 @@ class Operations(pyfuse3.Operations):
             if node.shown is not None and self._render(node) != node.shown:
                 self._stale(node)
 
-    @staticmethod
-    def _stale(node: CgroupFileNode) -> None:
+    def _stale(self, node: CgroupFileNode) -> None:
         """The kernel's copy of ``node`` is out of date: give it a new mtime and make the
-        kernel ask for the attributes again.
+        kernel ask for the attributes again. (A file with times of its own, set by utime or
+        chmod, gets the new mtime there: only a new mtime makes the kernel drop the pages.)
 
         Only the attributes are invalidated here: dropping pages (``attr_only=False``) or
         storing new ones (``notify_store``) must lock each page, and a reader may hold that
@@ -237,6 +280,10 @@ class Operations(pyfuse3.Operations):
         """
         node.shown = None
         node.mtime_ns = max(time.time_ns(), node.mtime_ns + 1)
+        stamp = self.tree.stamp(node.cgroup, node.row.name)
+        if stamp is not None:
+            self.tree.set_times(node.cgroup, node.row.name,
+                                mtime=max(node.mtime_ns, stamp.mtime + 1))
         try:
             pyfuse3.invalidate_inode(node.ino, attr_only=True)
         except OSError:
@@ -281,15 +328,25 @@ class Operations(pyfuse3.Operations):
             cg = node.cgroup
             if cg.dying:
                 return []
+            # kernfs lists a directory in the order of its name hashes (then names).
             file_node = self.inodes.cgroup_file
             dir_node = self.inodes.cgroup_dir
-            out: list[tuple[str, Callable[[], Node]]] = [
-                (row.name, functools.partial(file_node, cg, row))
-                for row in files_of(self.tree, cg)
-            ]
-            out += [(name, functools.partial(dir_node, c)) for name, c in cg.children.items()]
-            return out
+            files: list[tuple[tuple[int, str], Callable[[], Node]]] = [
+                (key, functools.partial(file_node, cg, row)) for key, row in self._listed_rows(cg)]
+            dirs: list[tuple[tuple[int, str], Callable[[], Node]]] = sorted(
+                (((name_hash(name), name), functools.partial(dir_node, c))
+                 for name, c in cg.children.items()), key=lambda t: t[0])
+            return [(key[1], make) for key, make in heapq.merge(files, dirs, key=lambda t: t[0])]
         raise _err(errno.ENOTDIR)
+
+    def _listed_rows(self, cg: Cgroup) -> list[tuple[tuple[int, str], CgroupFile]]:
+        """The files of ``cg`` with their sort keys, in listing order (cached per shape)."""
+        shape = files_shape(cg)
+        rows = self._rows_by_shape.get(shape)
+        if rows is None:
+            rows = sorted(((name_hash(r.name), r.name), r) for r in files_of(self.tree, cg))
+            self._rows_by_shape[shape] = rows
+        return rows
 
     def _cgroup_dir(self, ino: int) -> Cgroup:
         node = self._node(ino)
@@ -358,10 +415,27 @@ class Operations(pyfuse3.Operations):
         mode = attr.st_mode & 0o7777 if fields.update_mode else None
         if uid is not None or gid is not None or mode is not None:
             self._set_attr(node, uid, gid, mode)
+        if (uid is not None or gid is not None or mode is not None or fields.update_atime
+                or fields.update_mtime or fields.update_ctime):
+            # kernfs_setattr(): every change stores times (ctime: now), explicit ones as given.
+            self._set_times(node, attr.st_atime_ns if fields.update_atime else None,
+                            attr.st_mtime_ns if fields.update_mtime else None)
             await self._after_change(
                 [node.cgroup] if isinstance(node, CgroupDir | CgroupFileNode) else [])
-        # Truncation (O_TRUNC, truncate(1)) and time updates are accepted and ignored.
+        # Truncation (O_TRUNC, truncate(1)) is accepted and ignored, as kernfs does.
         return self._reply(node)
+
+    def _set_times(self, node: Node, atime: int | None, mtime: int | None) -> None:
+        if isinstance(node, CgroupDir | CgroupFileNode):
+            if node.gone:
+                raise _err(errno.ENOENT)
+            name = node.row.name if isinstance(node, CgroupFileNode) else ""
+            self.tree.set_times(node.cgroup, name, atime=atime, mtime=mtime)
+        else:
+            now = self.tree.clock()
+            old = node.stamp or Stamp(now, now, now)
+            node.stamp = Stamp(old.atime if atime is None else atime,
+                               old.mtime if mtime is None else mtime, now)
 
     def _set_attr(self, node: Node, uid: int | None, gid: int | None, mode: int | None) -> None:
         if isinstance(node, CgroupDir):
@@ -464,13 +538,15 @@ class Operations(pyfuse3.Operations):
     async def create(
         self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: pyfuse3.RequestContext
     ) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
-        raise _err(errno.EPERM)
+        # kernfs directories have no ->create: the VFS answers EACCES (root included).
+        raise _err(errno.EACCES)
 
     @fuse_errors
     async def mknod(
         self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: pyfuse3.RequestContext
     ) -> pyfuse3.EntryAttributes:
-        raise _err(errno.EPERM)
+        # A regular file goes through ->create (EACCES), anything else through ->mknod (EPERM).
+        raise _err(errno.EACCES if stat.S_ISREG(mode) or not stat.S_IFMT(mode) else errno.EPERM)
 
     @fuse_errors
     async def symlink(
@@ -493,21 +569,16 @@ class Operations(pyfuse3.Operations):
             raise _err(errno.EISDIR)
         if node.gone:
             raise _err(errno.ENODEV)
-        accmode = flags & os.O_ACCMODE
-        wants_read = accmode in (os.O_RDONLY, os.O_RDWR)
-        wants_write = accmode in (os.O_WRONLY, os.O_RDWR)
+        wants_write = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
         opener = self._opener(ctx, flags)
         opener.ino = inode
         handle: Handle
         if isinstance(node, CgroupFileNode):
-            if not node.row.exists(node.cgroup, self.tree.profile):
+            if not node.row.exists(self.tree, node.cgroup):
                 raise _err(errno.ENOENT)  # e.g. a dmem file of a cgroup whose parent did -dmem
-            # kernfs refuses opening a file for an access it has no handler or mode bit for.
-            mode = self.inodes.attr_of(node).mode
-            if wants_read and (node.row.show is None or not mode & 0o444):
-                raise _err(errno.EACCES)
-            if wants_write and (node.row.write is None or not mode & 0o222):
-                raise _err(errno.EACCES)
+            # Whoever passed the VFS's permission check (mode bits; root passes) may open any
+            # file for any access: cgroupfs has none of sysfs's extra open checks. A read or a
+            # write the file has no handler for fails later with EINVAL.
             if not wants_write and self._cacheable(node):
                 keep = self._open_cached(node)
                 self._cached_open[node] = self._cached_open.get(node, 0) + 1
@@ -538,6 +609,8 @@ class Operations(pyfuse3.Operations):
             await self._after_change(_configured_by(handle))
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
+        if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.pressure":
+            await self._pressure_files_changed(handle.node.cgroup)
         return written
 
     @staticmethod
@@ -558,22 +631,54 @@ class Operations(pyfuse3.Operations):
         entries: list[tuple[int, bytes]] = []
         attrs: list[int] = []
         for child in cgroup.children.values():
-            dir_node = self.inodes.peek_cgroup_dir(child)
-            if dir_node is None:
-                continue  # the kernel knows nothing under it
-            for row in CONTROLLER_FILES:
-                node = self.inodes.peek_cgroup_file(child, row.name)
-                if node is None:
-                    continue
-                if row.exists(child, self.tree.profile):
-                    attrs.append(node.ino)
-                else:
-                    entries.append((dir_node.ino, row.name.encode()))
+            self._files_changed(child, CONTROLLER_FILES, entries, attrs)
         if entries or attrs:
             await trio.to_thread.run_sync(_invalidate, entries, attrs)
 
+    def _files_changed(self, cgroup: Cgroup, rows: Sequence[CgroupFile],
+                       entries: list[tuple[int, bytes]], attrs: list[int]) -> None:
+        """Some of ``rows`` appeared in, vanished from, or changed owner in ``cgroup``: add
+        what the kernel caches of them (and the directory's times, if it keeps its own) to
+        ``entries`` and ``attrs`` to invalidate."""
+        dir_node = self.inodes.peek_cgroup_dir(cgroup)
+        if dir_node is None:
+            return  # the kernel knows nothing under it
+        if self.tree.stamp(cgroup, "") is not None:
+            attrs.append(dir_node.ino)
+        for row in rows:
+            node = self.inodes.peek_cgroup_file(cgroup, row.name)
+            if node is None:
+                continue
+            if row.exists(self.tree, cgroup):
+                attrs.append(node.ino)
+            else:
+                entries.append((dir_node.ino, row.name.encode()))
+
+    async def _pressure_files_changed(self, cgroup: Cgroup) -> None:
+        """cgroup.pressure hid or showed the pressure files of ``cgroup``."""
+        entries: list[tuple[int, bytes]] = []
+        self._files_changed(cgroup, PRESSURE_FILES, entries, [])
+        if entries:
+            await trio.to_thread.run_sync(_invalidate, entries, [])
+
+    @fuse_errors
+    async def poll(self, inode: int, fh: int, poll_handle: pyfuse3.PollHandle | None,
+                   ctx: pyfuse3.RequestContext) -> int:
+        handle = self._handle(fh)
+        if not isinstance(handle, CgroupFileHandle):
+            return DEFAULT_POLLMASK
+        if handle.row.psi is not None:
+            # A trigger would add POLLPRI when it fires; nothing is measured that could.
+            return DEFAULT_POLLMASK if handle.opener.psi_trigger else DEFAULT_POLLMASK | CHANGED
+        if handle.event != handle.changes():
+            return DEFAULT_POLLMASK | CHANGED
+        if poll_handle is not None and handle.row.name == "cgroup.events":
+            self._pollers[fh] = (handle, poll_handle)
+        return DEFAULT_POLLMASK
+
     @fuse_errors
     async def release(self, fh: int) -> None:
+        self._pollers.pop(fh, None)
         handle = self._handles.pop(fh, None)
         if handle is None:
             return
@@ -585,20 +690,22 @@ class Operations(pyfuse3.Operations):
         else:
             await self._after_change()  # closing a device file frees its buffers
 
-    # -- extended attributes (user.* on cgroup directories) ------------------------------
+    # -- extended attributes (kernfs: user.*, trusted.*, security.* on dirs and files) -------
 
-    def _xattr_dir(self, inode: int, name: bytes) -> Cgroup:
+    def _xattr_target(self, inode: int) -> tuple[Cgroup, str]:
+        """The cgroup and file name ("" for the directory) that holds ``inode``'s xattrs."""
         node = self._node(inode)
-        if not name.startswith(b"user.") or not isinstance(node, CgroupDir):
-            raise _err(errno.EOPNOTSUPP)
+        if not isinstance(node, CgroupDir | CgroupFileNode):
+            raise _err(errno.EOPNOTSUPP)  # the mount's own layout keeps none
         if node.gone:
             raise _err(errno.ENOENT)
-        return node.cgroup
+        return node.cgroup, (node.row.name if isinstance(node, CgroupFileNode) else "")
 
     @fuse_errors
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        cg = self._xattr_dir(inode, name)
-        value = (cg.xattrs or {}).get(_name(name))
+        cg, target = self._xattr_target(inode)
+        check_xattr(_name(name))
+        value = self.tree.xattrs_of(cg, target).get(_name(name))
         if value is None:
             raise _err(pyfuse3.ENOATTR)
         return value
@@ -607,27 +714,33 @@ class Operations(pyfuse3.Operations):
     async def setxattr(
         self, inode: int, name: bytes, value: bytes, ctx: pyfuse3.RequestContext
     ) -> None:
-        cg = self._xattr_dir(inode, name)
-        xattrs = dict(cg.xattrs or {})
-        xattrs[_name(name)] = value
-        if len(xattrs) > MAX_XATTRS or sum(len(v) for v in xattrs.values()) > MAX_XATTR_BYTES:
-            raise _err(errno.ENOSPC)
-        cg.xattrs = xattrs
+        cg, target = self._xattr_target(inode)
+        self.tree.set_xattrs(cg, target,
+                             set_xattr(self.tree.xattrs_of(cg, target), _name(name), value))
         await self._after_change([cg])
 
     @fuse_errors
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
         node = self._node(inode)
-        if isinstance(node, CgroupDir) and node.cgroup.xattrs:
-            return [os.fsencode(n) for n in node.cgroup.xattrs]
-        return []
+        if not isinstance(node, CgroupDir | CgroupFileNode) or node.gone:
+            return []
+        cg, target = self._xattr_target(inode)
+        names = list(self.tree.xattrs_of(cg, target))
+        if any(n.startswith("trusted.") for n in names):
+            # simple_xattr_list() shows trusted.* only to callers with CAP_SYS_ADMIN.
+            caller = Creds(ctx.uid, ctx.gid, caps=capabilities(ctx.pid))
+            if not caller.capable(CAP_SYS_ADMIN):
+                names = [n for n in names if not n.startswith("trusted.")]
+        return [os.fsencode(n) for n in names]
 
     @fuse_errors
     async def removexattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
-        cg = self._xattr_dir(inode, name)
-        if not cg.xattrs or _name(name) not in cg.xattrs:
+        cg, target = self._xattr_target(inode)
+        check_xattr(_name(name))
+        xattrs = dict(self.tree.xattrs_of(cg, target))
+        if xattrs.pop(_name(name), None) is None:
             raise _err(pyfuse3.ENOATTR)
-        del cg.xattrs[_name(name)]
+        self.tree.set_xattrs(cg, target, xattrs)
         await self._after_change([cg])
 
     @fuse_errors

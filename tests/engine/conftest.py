@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -33,6 +34,17 @@ class FakeContext:
     processes: dict[int, int] = field(default_factory=dict)
     killed: list[list[int]] = field(default_factory=list)
     resolved: list[int] = field(default_factory=list)
+    #: Exited, not yet reaped processes: id → thread group.
+    zombies: dict[int, int] = field(default_factory=dict)
+    #: Processes the kernel refuses to move (bound kernel threads).
+    pinned: set[int] = field(default_factory=set)
+    psi_trigger: Any = None
+
+    def zombie(self, pid: int) -> int | None:
+        return self.zombies.get(pid)
+
+    def migratable(self, pid: int) -> bool:
+        return pid not in self.pinned
 
     def resolve_pid(self, pid: int) -> int:
         self.resolved.append(pid)

@@ -75,13 +75,47 @@ def test_mkdir_existing_name_is_eexist(tree: CgroupTree, name: str) -> None:
     assert shape(tree) == before
 
 
-def test_mkdir_refuses_every_interface_file_name(tree: CgroupTree) -> None:
-    # A dmemfs choice (README deviations): dmem.max does not exist on the root, where the
-    # kernel would allow the directory, but a directory could later collide with the file.
-    for name in ("dmem.max", "cgroup.kill", "dmem.peak"):
+def test_mkdir_refuses_names_of_files_that_exist_here(tree: CgroupTree) -> None:
+    # kernfs refuses a directory only where a file of that name exists (shown or hidden).
+    for name in ("cgroup.procs", "cpu.stat", "cgroup.pressure", "dmem.current", "dmem.capacity"):
         with pytest.raises(Exists):
             tree.mkdir(tree.root, name)
-    assert tree.root.children == {} and tree.root.nr_descendants == 0
+    a = tree.mkdir(tree.root, "a")
+    a.psi_enabled = False  # cgroup.pressure 0 hides the pressure files: their nodes stay
+    for name in ("cgroup.kill", "cgroup.stat.local", "cpu.pressure", "io.pressure"):
+        with pytest.raises(Exists):
+            tree.mkdir(a, name)
+    assert a.children == {} and tree.root.nr_descendants == 1
+
+
+def test_mkdir_allows_names_of_files_absent_here(tree: CgroupTree) -> None:
+    # Files of another controller, the root's only files in a child, files not on the root,
+    # irq.pressure on a kernel without it, dmem files of a cgroup whose parent lacks dmem.
+    for name in ("cgroup.kill", "cgroup.events", "dmem.max", "dmem.peak", "memory.max",
+                 "irq.pressure"):
+        tree.mkdir(tree.root, name)
+    a = tree.mkdir(tree.root, "a")
+    for name in ("dmem.capacity", "dmem.max", "cpu.max"):
+        tree.mkdir(a, name)
+    assert tree.root.nr_descendants == 10
+
+
+def test_enabling_a_controller_over_a_cgroup_of_its_file_name_is_eexist(
+    tree: CgroupTree,
+) -> None:
+    tree.write_subtree_control(tree.root, "+dmem")
+    a = tree.mkdir(tree.root, "a")
+    b = tree.mkdir(a, "b")
+    tree.mkdir(b, "dmem.low")
+    with pytest.raises(Exists) as exc:
+        tree.write_subtree_control(a, "+dmem")
+    assert exc.value.errno == errno.EEXIST
+    assert a.subtree_control == frozenset() and b.dmem_css is None  # nothing changed
+    tree.rmdir(b.children["dmem.low"])
+    tree.write_subtree_control(a, "+dmem")
+    assert b.dmem_css is not None
+    with pytest.raises(Exists):
+        tree.mkdir(b, "dmem.low")
 
 
 @pytest.mark.parametrize("name", ["a\nb", "\n", "a\n"])
@@ -590,7 +624,9 @@ EXPECTED_MODES = {
     "cgroup.procs": 0o644, "cgroup.stat": 0o444, "cgroup.subtree_control": 0o644,
     "cgroup.threads": 0o644, "cgroup.type": 0o644, "dmem.capacity": 0o444,
     "dmem.current": 0o444, "dmem.low": 0o644, "dmem.max": 0o644, "dmem.min": 0o644,
-    "dmem.peak": 0o444, "dmem.pinned": 0o444,
+    "dmem.peak": 0o444, "dmem.pinned": 0o444, "cgroup.stat.local": 0o444, "cpu.stat": 0o444,
+    "cpu.stat.local": 0o444, "cgroup.pressure": 0o644, "io.pressure": 0o644,
+    "memory.pressure": 0o644, "cpu.pressure": 0o644, "irq.pressure": 0o644,
 }
 
 

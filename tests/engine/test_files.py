@@ -29,15 +29,17 @@ REGION = "drm/0000:03:00.0/vram0"
 GiB = 1 << 30
 PROFILES = pytest.mark.parametrize("profile", [LATEST, V6_14], ids=["latest", "6.14"])
 
+PSI_FILES = ["cgroup.pressure", "io.pressure", "memory.pressure", "cpu.pressure"]
 ROOT_FILES = [
     "cgroup.controllers", "cgroup.max.depth", "cgroup.max.descendants", "cgroup.procs",
-    "cgroup.stat", "cgroup.subtree_control", "cgroup.threads", "dmem.capacity", "dmem.current",
-    "dmem.pinned",
+    "cgroup.stat", "cgroup.subtree_control", "cgroup.threads", "cpu.stat", "cpu.stat.local",
+    *PSI_FILES, "dmem.capacity", "dmem.current", "dmem.pinned",
 ]
 CHILD_CORE = [
     "cgroup.controllers", "cgroup.events", "cgroup.freeze", "cgroup.kill", "cgroup.max.depth",
     "cgroup.max.descendants", "cgroup.procs", "cgroup.stat", "cgroup.subtree_control",
-    "cgroup.threads", "cgroup.type",
+    "cgroup.threads", "cgroup.type", "cgroup.stat.local", "cpu.stat", "cpu.stat.local",
+    *PSI_FILES,
 ]
 CHILD_DMEM_LATEST = ["dmem.current", "dmem.low", "dmem.max", "dmem.min", "dmem.peak",
                      "dmem.pinned"]

@@ -130,7 +130,7 @@ def _child(**fields: object) -> dict[str, object]:
     [_root(), _child(path="/x/a")],  # its parent is missing
     [_root(), _child(), _child()],  # twice
     [_child()],  # no root record first
-    [_root(), _child(path="/dmem.max")],  # the tree refuses the name
+    [_root(), _child(path="/cgroup.procs")],  # the tree refuses the name
 ])
 def test_every_field_is_checked(records: list[object]) -> None:
     with pytest.raises(ValueError):

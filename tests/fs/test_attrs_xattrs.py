@@ -170,11 +170,40 @@ def test_xattr_namespaces_and_missing_names(mnt: Mounted) -> None:
     os.mkdir(a)
     assert _errno(os.getxattr, a, "user.missing") == errno.ENODATA
     assert _errno(os.removexattr, a, "user.missing") == errno.ENODATA
-    for name in ("trusted.x", "system.x", "nouser.x"):
+    for name in ("system.x", "nouser.x"):  # kernfs keeps user.*, trusted.* and security.*
         assert _errno(os.setxattr, a, name, b"1") == errno.EOPNOTSUPP, name
         assert _errno(os.getxattr, a, name) == errno.EOPNOTSUPP, name
         assert _errno(os.removexattr, a, name) == errno.EOPNOTSUPP, name
+    assert _errno(os.setxattr, a, "user.", b"1") == errno.EINVAL
     assert os.listxattr(a) == []
+
+
+@pytest.mark.dmemfs_args("--allow-other")
+def test_xattrs_of_every_namespace_on_dirs_and_files(mnt: Mounted) -> None:
+    a = os.path.join(mnt.cgroup, "a")
+    os.mkdir(a)
+    targets = [a, os.path.join(a, "cgroup.procs"), os.path.join(a, "cgroup.stat"), mnt.cgroup]
+    for i, path in enumerate(targets):
+        for name in ("user.k", "trusted.k", "security.k"):
+            os.setxattr(path, name, f"{name}={i}".encode())
+        assert sorted(os.listxattr(path)) == ["security.k", "trusted.k", "user.k"]
+        assert os.getxattr(path, "trusted.k") == f"trusted.k={i}".encode()
+    os.removexattr(targets[1], "security.k")
+    assert sorted(os.listxattr(targets[1])) == ["trusted.k", "user.k"]
+    assert sorted(os.listxattr(targets[2])) == ["security.k", "trusted.k", "user.k"]
+    # An unprivileged reader sees no trusted.* (simple_xattr_list()) and cannot read one.
+    script = (f"import errno, os\nprint(sorted(os.listxattr({targets[2]!r})))\n"
+              f"try:\n    os.getxattr({targets[2]!r}, 'trusted.k')\n"
+              "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    res = _as_nobody(f"/usr/bin/python3 -c \"{script}\"")
+    assert res.stdout.splitlines() == ["['security.k', 'user.k']", "ENODATA"], res
+    # Files that vanish take their xattrs with them: dmem files of a -dmem/+dmem cycle.
+    mnt.write("cgroup.subtree_control", "+dmem")
+    dmem_max = os.path.join(a, "dmem.max")
+    os.setxattr(dmem_max, "user.x", b"1")
+    mnt.write("cgroup.subtree_control", "-dmem")
+    mnt.write("cgroup.subtree_control", "+dmem")
+    assert os.listxattr(dmem_max) == []
 
 
 def test_xattr_limits(mnt: Mounted) -> None:
@@ -185,11 +214,14 @@ def test_xattr_limits(mnt: Mounted) -> None:
     assert len(os.listxattr(a)) == MAX_XATTRS
     assert _errno(os.setxattr, a, "user.one-too-many", b"v") == errno.ENOSPC
     assert _errno(os.getxattr, a, "user.one-too-many") == errno.ENODATA
-    os.setxattr(a, "user.k0", b"replaced")  # replacing adds no new attribute
-    assert os.getxattr(a, "user.k0") == b"replaced"
+    # kernfs counts the new value before dropping the old one: even replacing fails now.
+    assert _errno(os.setxattr, a, "user.k0", b"replaced") == errno.ENOSPC
+    os.setxattr(a, "trusted.t", b"v")  # only user.* is limited
     os.removexattr(a, "user.k1")
+    os.setxattr(a, "user.k0", b"replaced")
+    assert os.getxattr(a, "user.k0") == b"replaced"
     os.setxattr(a, "user.one-too-many", b"v")
-    assert len(os.listxattr(a)) == MAX_XATTRS
+    assert len(os.listxattr(a)) == MAX_XATTRS + 1
     # The total size of the values is limited too.
     b = os.path.join(mnt.cgroup, "b")
     os.mkdir(b)
@@ -200,3 +232,6 @@ def test_xattr_limits(mnt: Mounted) -> None:
     assert _errno(os.setxattr, b, "user.big3", b"z" * big) == errno.ENOSPC
     assert sorted(os.listxattr(b)) == ["user.big1", "user.big2"]
     assert os.getxattr(b, "user.big2") == b"y" * big
+    # Replacing counts the new size before the old one goes: 2 x 60000 + 60000 > 128 KiB.
+    assert _errno(os.setxattr, b, "user.big2", b"w" * big) == errno.ENOSPC
+    assert _errno(os.setxattr, b, "user.big", b"v" * 65537) == errno.E2BIG  # the VFS's limit

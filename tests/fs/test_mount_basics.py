@@ -110,10 +110,32 @@ def test_open_flags_of_existing_files(mnt: Mounted, dmem_child: str) -> None:
     finally:
         os.close(fd)
     assert mnt.read("a/dmem.max") == f"{REGION} 4096\n"
-    assert _errno(os.open, os.path.join(dmem_child, "new"), os.O_WRONLY | os.O_CREAT) == errno.EPERM
-    assert _errno(os.open, os.path.join(dmem_child, "cgroup.events"), os.O_WRONLY) == errno.EACCES
-    assert _errno(os.open, os.path.join(dmem_child, "cgroup.kill"), os.O_RDONLY) == errno.EACCES
+    # No ->create in a kernfs directory: EACCES, for root too.
+    new = os.path.join(dmem_child, "new")
+    assert _errno(os.open, new, os.O_WRONLY | os.O_CREAT) == errno.EACCES
+    assert _errno(os.mknod, os.path.join(dmem_child, "node"), 0o644) == errno.EACCES
+    assert _errno(os.mkfifo, os.path.join(dmem_child, "fifo")) == errno.EPERM
     os.truncate(path, 0)  # a setattr(size=0) is accepted
+
+
+def test_root_opens_any_file_for_any_access(mnt: Mounted, dmem_child: str) -> None:
+    """cgroupfs has none of sysfs's extra open checks: root passes the permission check, and
+    the read or write the file has no handler for fails with EINVAL (an empty write is 0)."""
+    events = os.path.join(dmem_child, "cgroup.events")
+    fd = os.open(events, os.O_RDWR)
+    try:
+        assert _errno(os.write, fd, b"1") == errno.EINVAL
+        assert os.write(fd, b"") == 0
+        assert os.pread(fd, 100, 0) == b"populated 0\nfrozen 0\n"
+    finally:
+        os.close(fd)
+    fd = os.open(os.path.join(dmem_child, "cgroup.kill"), os.O_RDONLY)
+    try:
+        assert _errno(os.read, fd, 100) == errno.EINVAL
+    finally:
+        os.close(fd)
+    os.chmod(events, 0)
+    os.close(os.open(events, os.O_RDWR))  # still, after a chmod
 
 
 def test_rename_unlink_mkdir_rmdir_errnos(mnt: Mounted, dmem_child: str) -> None:

@@ -171,8 +171,10 @@ async def test_other_namespace_operations_are_refused(ops: Operations) -> None:
     assert await _errno(ops.rename(a, b"cgroup.procs", a, b"x", 0, CTX)) == errno.EPERM
     assert await _errno(ops.unlink(a, b"cgroup.procs", CTX)) == errno.EPERM
     assert await _errno(ops.unlink(a, b"nope", CTX)) == errno.ENOENT
-    assert await _errno(ops.create(a, b"new", 0o644, os.O_WRONLY | os.O_CREAT, CTX)) == errno.EPERM
-    assert await _errno(ops.mknod(a, b"node", stat.S_IFREG | 0o644, 0, CTX)) == errno.EPERM
+    # No ->create in kernfs: EACCES; other node types go through ->mknod: EPERM.
+    assert await _errno(ops.create(a, b"new", 0o644, os.O_WRONLY | os.O_CREAT, CTX)) == errno.EACCES
+    assert await _errno(ops.mknod(a, b"node", stat.S_IFREG | 0o644, 0, CTX)) == errno.EACCES
+    assert await _errno(ops.mknod(a, b"fifo", stat.S_IFIFO | 0o644, 0, CTX)) == errno.EPERM
     assert await _errno(ops.symlink(a, b"link", b"cgroup.procs", CTX)) == errno.EPERM
     procs = await _ino(ops, a, "cgroup.procs")
     assert await _errno(ops.link(procs, a, b"hard", CTX)) == errno.EPERM
@@ -190,23 +192,31 @@ async def test_open_access_rules(ops: Operations) -> None:
     events = await _ino(ops, a, "cgroup.events")
     kill = await _ino(ops, a, "cgroup.kill")
     capacity = await _ino(ops, cg, "dmem.capacity")
+    # The kernel checked the mode bits (default_permissions); cgroupfs adds no check of its
+    # own: any access opens, the missing handler fails the read or write with EINVAL.
     for ino, flags in ((events, os.O_WRONLY), (events, os.O_RDWR), (kill, os.O_RDONLY),
-                       (kill, os.O_RDWR), (capacity, os.O_WRONLY)):
-        assert await _errno(ops.open(ino, flags, CTX)) == errno.EACCES, (ino, flags)
-    for ino, flags in ((events, os.O_RDONLY), (kill, os.O_WRONLY), (capacity, os.O_RDONLY)):
+                       (kill, os.O_RDWR), (capacity, os.O_WRONLY), (events, os.O_RDONLY),
+                       (kill, os.O_WRONLY), (capacity, os.O_RDONLY)):
         info = await ops.open(ino, flags, CTX)
         assert info.direct_io and not info.keep_cache
         await ops.release(info.fh)
+    fh = (await ops.open(kill, os.O_RDWR, CTX)).fh
+    assert await _errno(ops.read(fh, 0, 100)) == errno.EINVAL
+    await ops.release(fh)
+    fh = (await ops.open(events, os.O_RDWR, CTX)).fh
+    assert await _errno(ops.write(fh, 0, b"1")) == errno.EINVAL
+    await ops.release(fh)
     assert await _errno(ops.open(a, os.O_RDONLY, CTX)) == errno.EISDIR
     assert await _errno(ops.open(987654, os.O_RDONLY, CTX)) == errno.ENOENT
-    # chmod takes the read bit away: reading is refused, writing still allowed.
+    # chmod changes the mode the kernel checks; the handlers stay.
     dmem_max = await _ino(ops, a, "dmem.max")
     entry = pyfuse3.EntryAttributes()
     entry.st_mode = stat.S_IFREG | 0o200
     attr = await ops.setattr(dmem_max, entry, _fields(update_mode=True), None, CTX)
     assert stat.S_IMODE(attr.st_mode) == 0o200
-    assert await _errno(ops.open(dmem_max, os.O_RDONLY, CTX)) == errno.EACCES
-    await ops.release((await ops.open(dmem_max, os.O_WRONLY, CTX)).fh)
+    fh = (await ops.open(dmem_max, os.O_RDONLY, CTX)).fh
+    assert await ops.read(fh, 0, 100) == f"{REGION} max\n".encode()
+    await ops.release(fh)
     # The file of a removed cgroup that the kernel still holds: ENODEV.
     await ops.rmdir(cg, b"a", CTX)
     assert await _errno(ops.open(events, os.O_RDONLY, CTX)) == errno.ENODEV
@@ -286,15 +296,22 @@ async def test_xattrs(ops: Operations) -> None:
     assert await ops.getxattr(a, b"user.k", CTX) == b"v"
     assert await ops.listxattr(a, CTX) == [b"user.k"]
     assert await _errno(ops.getxattr(a, b"user.missing", CTX)) == errno.ENODATA
-    assert await _errno(ops.setxattr(a, b"trusted.k", b"v", CTX)) == errno.EOPNOTSUPP
-    assert await _errno(ops.setxattr(procs, b"user.k", b"v", CTX)) == errno.EOPNOTSUPP
+    await ops.setxattr(a, b"trusted.k", b"t", CTX)
+    await ops.setxattr(procs, b"user.k", b"p", CTX)
+    await ops.setxattr(procs, b"security.k", b"s", CTX)
+    assert await ops.getxattr(procs, b"user.k", CTX) == b"p"
+    assert await ops.listxattr(procs, CTX) == [b"user.k", b"security.k"]
+    assert await ops.listxattr(a, CTX) == [b"user.k", b"trusted.k"]
+    assert await _errno(ops.setxattr(a, b"system.k", b"v", CTX)) == errno.EOPNOTSUPP
+    assert await _errno(ops.setxattr(a, b"user.", b"v", CTX)) == errno.EINVAL
     assert await _errno(ops.setxattr(ROOT, b"user.k", b"v", CTX)) == errno.EOPNOTSUPP
     for i in range(127):
         await ops.setxattr(a, f"user.n{i}".encode(), b"", CTX)
     assert await _errno(ops.setxattr(a, b"user.more", b"", CTX)) == errno.ENOSPC
+    await ops.setxattr(a, b"trusted.more", b"", CTX)  # only user.* is limited
     await ops.removexattr(a, b"user.k", CTX)
     assert await _errno(ops.removexattr(a, b"user.k", CTX)) == errno.ENODATA
-    assert len(await ops.listxattr(a, CTX)) == 127
+    assert len(await ops.listxattr(a, CTX)) == 129
 
 
 # -- the error boundary (SPEC §9) ------------------------------------------------------------
