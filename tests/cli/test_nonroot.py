@@ -5,7 +5,8 @@ what others see of that mount.
 System files are never changed: the scenario runs in a private mount namespace (root, then
 setpriv to uid 65534) where /dev/fuse and /etc/fuse.conf are replaced by bind mounts, and
 where directories only root may enter on the way to this interpreter and this checkout (e.g.
-/root for a pyenv Python, a 0700 temporary clone in CI) are made passable the same way.
+/root for a pyenv Python, a 0700 temporary clone in CI) are made passable the same way, by
+binding open views over them.
 """
 
 from __future__ import annotations
@@ -30,24 +31,36 @@ FUSE_MAJOR, FUSE_MINOR = 10, 229
 
 
 def _passable(paths: list[str], views: Path) -> list[str]:
-    """Shell commands that make every directory on the way to ``paths`` passable for others,
-    by binding over each closed one a directory holding only what lies on the way."""
-    needed: dict[str, set[str]] = {}
+    """Shell commands that let others reach ``paths`` (directories): over each directory on
+    the way that others may not pass, bind a 0755 directory holding what lies beyond it
+    (the next directory on the way; every entry when it is one of ``paths`` itself)."""
+    whole: set[str] = set()  # closed directories to show entirely
+    partly: dict[str, set[str]] = {}  # closed directories to show some entries of
     for path in paths:
         parts = Path(path).parts
-        for i in range(1, len(parts) - 1):
-            ancestor = str(Path(*parts[:i + 1]))
-            if not os.stat(ancestor).st_mode & 0o001:
-                needed.setdefault(ancestor, set()).add(parts[i + 1])
+        for i in range(1, len(parts)):
+            directory = str(Path(*parts[:i + 1]))
+            if os.stat(directory).st_mode & 0o001:
+                continue
+            if i == len(parts) - 1:
+                whole.add(directory)
+            else:
+                partly.setdefault(directory, set()).add(parts[i + 1])
     cmds = []
-    for n, (ancestor, children) in enumerate(sorted(needed.items())):
+    for n, directory in enumerate(sorted(whole | partly.keys())):
+        entries = os.listdir(directory) if directory in whole else partly[directory]
         view = views / f"view{n}"
-        for child in sorted(children):
-            cmds += [f"mkdir -p {shlex.quote(str(view / child))}",
-                     f"mount --bind {shlex.quote(os.path.join(ancestor, child))} "
-                     f"{shlex.quote(str(view / child))}"]
+        cmds.append(f"mkdir -p {shlex.quote(str(view))}")
+        for name in sorted(entries):
+            source, target = os.path.join(directory, name), str(view / name)
+            if os.path.islink(source):
+                cmds.append(f"ln -s {shlex.quote(os.readlink(source))} {shlex.quote(target)}")
+                continue
+            make = "mkdir -p" if os.path.isdir(source) else "touch"
+            cmds += [f"{make} {shlex.quote(target)}",
+                     f"mount --bind {shlex.quote(source)} {shlex.quote(target)}"]
         cmds += [f"chmod 755 {shlex.quote(str(view))}",
-                 f"mount --rbind {shlex.quote(str(view))} {shlex.quote(ancestor)}"]
+                 f"mount --rbind {shlex.quote(str(view))} {shlex.quote(directory)}"]
     return cmds
 
 
