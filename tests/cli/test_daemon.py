@@ -3,6 +3,7 @@ it says it is ready, and how a failure to mount is reported."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -37,10 +38,13 @@ def test_background_mode_reruns_the_command_line_in_the_foreground(mountpoint: s
         assert cmdline[-1].isdigit()
         assert os.readlink(f"/proc/{pid}/cwd") == "/"
         os.mkdir(os.path.join(mountpoint, "cgroup", "kept"))
+        res = dmemfs("status", mountpoint, "--json")
+        state = os.path.join(cwd, "state.json")
+        assert json.loads(res.stdout)["daemon"]["state"] == f"saved {state}"
     finally:
         assert dmemfs("umount", mountpoint).returncode == 0
     with open(os.path.join(cwd, "state.json")) as f:
-        assert '"kept"' in f.read()
+        assert '"/kept"' in f.read()
 
 
 def test_default_log_says_mounted_ready_unmounted_and_is_rotated(mountpoint: str) -> None:
@@ -60,10 +64,12 @@ def test_default_log_says_mounted_ready_unmounted_and_is_rotated(mountpoint: str
         previous = f.read()
     for text, pid in ((current, pids[1]), (previous, pids[0])):
         lines = text.splitlines()
-        assert re.search(rf"INFO dmemfs.mount: mounted {mountpoint}: profile 6.14, pinning "
-                         r"intended, devices 0000:03:00.0 vram0 16384 MiB$", lines[0]), text
-        assert lines[1].endswith(f"INFO dmemfs.commands: ready: serving {mountpoint} "
-                                 f"(pid {pid})")
+        mounted = [i for i, line in enumerate(lines) if re.search(
+            rf"INFO dmemfs.mount: mounted {mountpoint}: profile 6.14, pinning intended, "
+            r"devices 0000:03:00.0 vram0 16384 MiB$", line)]
+        ready = [i for i, line in enumerate(lines) if line.endswith(
+            f"INFO dmemfs.commands: ready: serving {mountpoint} (pid {pid})")]
+        assert len(mounted) == len(ready) == 1 and mounted[0] < ready[0], text
         assert lines[-1].endswith(f"INFO dmemfs.mount: unmounted {mountpoint}")
     assert f"(pid {pids[0]})" not in current  # one log per daemon
 
@@ -158,7 +164,7 @@ def test_a_daemon_that_cannot_mount_says_why_and_where_its_log_is(mountpoint: st
     state.write_text("{not json")
     log = tmp_path / "daemon.log"
     err = one_line_error(dmemfs("mount", mountpoint, "--state", str(state), "--log", str(log)))
-    assert err.startswith(f"dmemfs: cannot read state file {state}: ")
+    assert err.startswith(f"dmemfs: state file {state} is not a dmemfs state: ")
     assert err.endswith(f" (log: {log})\n")
     assert not is_mounted(mountpoint)
-    assert "cannot read state file" in log.read_text()
+    assert f"state file {state} is not a dmemfs state" in log.read_text()

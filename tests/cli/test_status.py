@@ -43,7 +43,12 @@ def test_status_json_holds_the_numbers(mnt: Mounted) -> None:
     finally:
         holder.communicate(timeout=30)
     assert data["mountpoint"] == mnt.path
-    assert data["daemon"] == {"pid": mnt.proc.pid, "profile": "latest", "pinning": "intended"}
+    daemon = data["daemon"]
+    assert (daemon["pid"], daemon["profile"], daemon["pinning"]) == (
+        mnt.proc.pid, "latest", "intended")
+    assert daemon["state"] is None  # no --state
+    with open(os.path.join(mnt.debug, "daemon")) as f:
+        assert f"lineage {daemon['lineage']}\n" in f.read()
     assert data["regions"] == [REGION]
     assert data["devices"] == [{"pci": "0000:03:00.0", "regions": [
         {"name": "system", "dmem_region": None, "size": 64 << 30, "used": 0, "pinned": 0},
