@@ -1,5 +1,5 @@
 """The package is type-checked with `mypy --strict` (scripts/test runs mypy on it); this
-checks that the configuration really is strict for code outside the simulated device."""
+checks that the configuration really is strict, in every layer."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.parametrize("module", ["dmemfs.cli", "dmemfs.fs.handles", "dmemfs.engine.dmem"])
-def test_strict_outside_the_device(module: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("module", ["dmemfs.cli", "dmemfs.fs.handles", "dmemfs.engine.dmem",
+                                    "dmemfs.device.xe"])
+def test_strict_everywhere(module: str, tmp_path: Path) -> None:
     mypy = shutil.which("mypy", path=str(Path(sys.executable).parent))
     assert mypy, "mypy is a test dependency"
     # A module of that name with an unannotated function, checked with the project's config.

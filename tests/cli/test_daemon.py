@@ -149,7 +149,7 @@ def test_foreground_says_mounted_and_ready(mountpoint: str, tmp_path) -> None:
             proc.wait()
             force_unmount(mountpoint)
     assert proc.returncode == 0 and out == ""
-    assert f"INFO dmemfs.mount: mounted {mountpoint}: profile latest" in err
+    assert f"INFO dmemfs.mount: mounted {mountpoint}: profile 7.3" in err
     assert f"INFO dmemfs.commands: ready: serving {mountpoint} (pid {proc.pid})" in err
     assert "received SIGTERM, unmounting" in err
     assert not is_mounted(mountpoint)

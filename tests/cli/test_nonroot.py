@@ -163,7 +163,7 @@ def test_user_mounts_uses_and_unmounts_its_own_dmemfs(scene: Path) -> None:
     assert out["mkdir"][0] != 0 and "Permission denied" in out["mkdir"][1]
     assert out["device"][0] == 0 and out["device"][1].startswith("handle=1 size=1048576 ")
     assert re.fullmatch(r"\d+\n", out["pid"][1])
-    assert out["status"] == (0, f"dmemfs at {mnt}: profile latest, pinning intended, daemon "
+    assert out["status"] == (0, f"dmemfs at {mnt}: profile 7.3, pinning intended, daemon "
                                 f"pid {out['pid'][1]}")
     # Root itself cannot enter a FUSE mount made without --allow-other, and is told why.
     assert out["root:status"] == (1, f"dmemfs: {mnt} was mounted by uid {USER} without "

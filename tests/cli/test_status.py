@@ -45,7 +45,7 @@ def test_status_json_holds_the_numbers(mnt: Mounted) -> None:
     assert data["mountpoint"] == mnt.path
     daemon = data["daemon"]
     assert (daemon["pid"], daemon["profile"], daemon["pinning"]) == (
-        mnt.proc.pid, "latest", "intended")
+        mnt.proc.pid, "7.3", "intended")
     assert daemon["state"] is None  # no --state
     with open(os.path.join(mnt.debug, "daemon")) as f:
         assert f"lineage {daemon['lineage']}\n" in f.read()
