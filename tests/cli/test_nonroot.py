@@ -158,7 +158,7 @@ def test_user_mounts_uses_and_unmounts_its_own_dmemfs(scene: Path) -> None:
                         r"\S+\.log\)\n", out["mount"][1])
     assert out["read"] == (0, f"drm/0000:03:00.0/vram0 {16 << 30}\n")
     # The tree is root's, whoever mounted it; the device file is everyone's.
-    assert out["owner"] == (0, "0 755\n0 644\n")
+    assert out["owner"] == (0, "0 555\n0 644\n")
     assert out["enable"][0] != 0 and "Permission denied" in out["enable"][1]
     assert out["mkdir"][0] != 0 and "Permission denied" in out["mkdir"][1]
     assert out["device"][0] == 0 and out["device"][1].startswith("handle=1 size=1048576 ")
