@@ -4,7 +4,9 @@
         bo = gpu.gem_create(256 << 20, placement=("vram0",))
         gpu.bo_info(bo.handle)["placement"]          # 'vram0'
 
-Errors are ``OSError`` with the ioctl's errno (``ENOMEM``, ``ENOSPC``, ``EINVAL`` …).
+Errors are ``OSError`` with the ioctl's errno (``ENOMEM``, ``ENOSPC``, ``EINVAL`` …); for a
+failed device request a :class:`DeviceError` whose ``reason`` is what the device said
+(``[Errno 22] GEM_CREATE: Invalid argument: size 100 is not …``).
 Each :class:`XeDevice` is one open of the device file, i.e. one DRM client: closing it frees
 every buffer object it created. Charges go to the cgroup of the process that opened it.
 """
@@ -20,6 +22,29 @@ from types import TracebackType
 def parse_reply(line: str) -> dict[str, str]:
     """``"a=1 b=x"`` → ``{"a": "1", "b": "x"}``."""
     return dict(token.split("=", 1) for token in line.split())
+
+
+def error_reason(reply: str) -> str | None:
+    """The reason in the reply of a failed request, ``error=EINVAL reason=…``; else None."""
+    line = reply.strip()
+    if not line.startswith("error="):
+        return None
+    _, sep, reason = line.partition(" reason=")
+    return reason if sep else None
+
+
+class DeviceError(OSError):
+    """A device request failed: ``errno`` and ``strerror`` as for any failed ``write()``,
+    ``verb`` the request and ``reason`` the device's explanation (None if it gave none)."""
+
+    def __init__(self, code: int, verb: str, reason: str | None) -> None:
+        super().__init__(code, os.strerror(code))
+        self.verb = verb
+        self.reason = reason
+
+    def __str__(self) -> str:
+        why = f": {self.reason}" if self.reason else ""
+        return f"[Errno {self.errno}] {self.verb}: {self.strerror}{why}"
 
 
 @dataclass(frozen=True)
@@ -53,11 +78,18 @@ class XeDevice:
     def ioctl(self, verb: str, **args: object) -> str:
         """Send one request; return the reply text ('' when the verb has none)."""
         line = " ".join([verb, *(f"{k}={v}" for k, v in args.items() if v is not None)])
-        os.write(self.fd, line.encode() + b"\n")
+        try:
+            os.write(self.fd, line.encode() + b"\n")
+        except OSError as e:
+            # The failed request's reply says why: ``error=EINVAL reason=…``.
+            raise DeviceError(e.errno or 0, verb, error_reason(self._read_reply())) from None
+        return self._read_reply()
+
+    def _read_reply(self) -> str:
         chunks = []
         while chunk := os.read(self.fd, 65536):
             chunks.append(chunk)
-        return b"".join(chunks).decode()
+        return b"".join(chunks).decode(errors="replace")
 
     def gem_create(
         self,

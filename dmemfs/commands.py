@@ -3,46 +3,57 @@
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import ctypes
 import errno
+import json
+import logging
 import os
-import select
 import shutil
+import signal
 import stat
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
+from dmemfs import lifecycle, mounts
 from dmemfs.cli import UserError
+from dmemfs.client import error_reason
 from dmemfs.device.config import DeviceConfig
 
-#: Seconds ``dmemfs mount`` waits for the daemon to report the mount ready.
-READY_TIMEOUT = 30.0
-#: Seconds ``dmemfs umount`` waits for the daemon to exit.
-EXIT_TIMEOUT = 10.0
+log = logging.getLogger(__name__)
 
 
-# -- mount / umount ---------------------------------------------------------------------------
+# -- mount / umount / list -------------------------------------------------------------------
+
+
+def _stale_hint(entry: mounts.MountEntry) -> str:
+    if entry.is_dmemfs:
+        return f"clean it with: dmemfs umount {entry.mountpoint}"
+    return f"clean it with: fusermount3 -u -z {entry.mountpoint}"
 
 
 def check_mountpoint(mountpoint: str) -> None:
     """Clear one-line errors for a missing, busy or stale mountpoint."""
+    entry = mounts.find_mount(mountpoint)
+    if entry is not None:
+        health = mounts.probe(entry)
+        if health.state == "stale":
+            raise UserError(f"{mountpoint} is a stale FUSE mount (its daemon died); "
+                            + _stale_hint(entry))
+        raise UserError(f"{mountpoint} is already a mount point ({entry.describe()}); "
+                        "unmount it first")
     try:
         st = os.stat(mountpoint)
     except FileNotFoundError:
         raise UserError(f"mountpoint {mountpoint} does not exist (create it with mkdir)") from None
     except OSError as e:
-        if e.errno == errno.ENOTCONN:
-            raise UserError(
-                f"{mountpoint} is a stale FUSE mount (its daemon died); "
-                f"clean it with: dmemfs umount {mountpoint}"
-            ) from None
         raise UserError(f"mountpoint {mountpoint}: {e.strerror}") from None
     if not stat.S_ISDIR(st.st_mode):
         raise UserError(f"mountpoint {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
-        raise UserError(f"{mountpoint} is already a mount point (unmount it first)")
     if not os.path.exists("/dev/fuse"):
         raise UserError(
             "/dev/fuse is missing: load the fuse module (modprobe fuse) or give the container "
@@ -50,77 +61,21 @@ def check_mountpoint(mountpoint: str) -> None:
         )
 
 
-def _log_path(mountpoint: str) -> str:
-    base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    return os.path.join(base, "dmemfs" + mountpoint.replace("/", "_") + ".log")
-
-
-def _daemon_argv(args: argparse.Namespace, mountpoint: str, ready_fd: int) -> list[str]:
-    argv = [sys.executable, "-m", "dmemfs", "mount", mountpoint, "--foreground",
-            "--ready-fd", str(ready_fd), "--profile", args.profile, "--pinning", args.pinning]
-    for spec in args.device:
-        argv += ["--device", spec]
-    if args.config:
-        argv += ["--config", os.path.abspath(args.config)]
-    if args.allow_other:
-        argv.append("--allow-other")
-    if args.debug:
-        argv.append("--debug")
-    if args.selftest:
-        argv.append("--selftest")
-    if args.page_cache:
-        argv.append("--page-cache")
-    if args.state:
-        argv += ["--state", os.path.abspath(args.state)]
-    if args.lineage != "auto":
-        argv += ["--lineage", args.lineage]
-    return argv
-
-
-def mount(args: argparse.Namespace, devices: list[DeviceConfig]) -> int:
+def mount(args: argparse.Namespace, devices: list[DeviceConfig], argv: Sequence[str]) -> int:
+    """``dmemfs mount``: in the background, run ``argv`` again as a foreground daemon and
+    return once it reports the mount ready."""
     mountpoint = os.path.abspath(args.mountpoint)
-    check_mountpoint(mountpoint)
     if args.foreground:
         return _mount_foreground(args, mountpoint, devices)
-    r, w = os.pipe()
-    log_path = args.log or _log_path(mountpoint)
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            _daemon_argv(args, mountpoint, w), pass_fds=[w], stdin=subprocess.DEVNULL,
-            stdout=log_file, stderr=log_file, start_new_session=True, cwd="/",
-        )
-    os.close(w)
-    message = _read_ready(r, proc)
-    if message != "ok":
-        try:
-            proc.wait(timeout=EXIT_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        raise UserError(message or f"the daemon exited with status {proc.returncode}; "
-                        f"see {log_path}")
-    os.stat(os.path.join(mountpoint, "cgroup"))  # served: the daemon answers requests
-    print(f"dmemfs: mounted {mountpoint} (daemon pid {proc.pid}, log {log_path})")
-    return 0
-
-
-def _read_ready(fd: int, proc: subprocess.Popen[bytes]) -> str:
-    data = b""
-    deadline = time.monotonic() + READY_TIMEOUT
+    check_mountpoint(mountpoint)
+    log_path = os.path.abspath(args.log) if args.log else lifecycle.default_log_path(mountpoint)
+    log_fd = lifecycle.open_log(log_path, default=not args.log)
     try:
-        while b"\n" not in data:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                proc.kill()
-                return f"the daemon did not become ready within {READY_TIMEOUT:.0f} s"
-            readable, _, _ = select.select([fd], [], [], left)
-            if readable:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    break
-                data += chunk
+        daemon = lifecycle.spawn(argv, log_fd, log_path)
     finally:
-        os.close(fd)
-    return data.decode(errors="replace").strip()
+        os.close(log_fd)
+    print(f"dmemfs: mounted {mountpoint} (daemon pid {daemon.proc.pid}, log {log_path})")
+    return 0
 
 
 def _mount_foreground(
@@ -129,18 +84,16 @@ def _mount_foreground(
     from dmemfs.mount import MountOptions, run
     from dmemfs.profile import get_profile
 
-    ready_fd = args.ready_fd
-
-    def report(message: str) -> None:
-        nonlocal ready_fd
-        if ready_fd is not None:
-            try:
-                os.write(ready_fd, message.encode() + b"\n")
-                os.close(ready_fd)
-            except OSError:
-                pass
-            ready_fd = None
-
+    ready = lifecycle.ReadyPipe(args.ready_fd)
+    spawned = args.ready_fd is not None
+    try:
+        if args.log and not spawned:
+            raise UserError("--log is for the background daemon; in the foreground the log "
+                            "goes to standard error")
+        check_mountpoint(mountpoint)
+    except UserError as e:
+        ready.failed(str(e))
+        raise
     options = MountOptions(
         mountpoint=mountpoint,
         devices=devices,
@@ -152,93 +105,156 @@ def _mount_foreground(
         state=os.path.abspath(args.state) if args.state else None,
         lineage=args.lineage,
     )
+    os.chdir("/")  # every path is absolute now; do not keep a directory busy
+
+    def on_ready() -> None:
+        log.info("ready: serving %s (pid %d)", mountpoint, os.getpid())
+        ready.ready()
+        if not spawned:
+            print(f"dmemfs: mounted {mountpoint} (daemon pid {os.getpid()}, in the "
+                  f"foreground: stop it with Ctrl-C or dmemfs umount {mountpoint})", flush=True)
+
     try:
-        run(options, ready=lambda: report("ok"))
+        run(options, ready=on_ready)
     except OSError as e:
-        report(str(e.strerror or e))
-        raise UserError(str(e.strerror or e)) from None
+        reason = str(e.strerror or e)
+        ready.failed(reason)
+        raise UserError(reason) from None
     return 0
 
 
-def _mount_entry(mountpoint: str) -> tuple[str, str] | None:
-    """(fstype, source) of the mount at ``mountpoint`` from /proc/self/mountinfo."""
-    entry = None
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            point = fields[4].encode().decode("unicode_escape")
-            if point == mountpoint:  # the last (topmost) mount at that point wins
-                sep = fields.index("-")
-                entry = (fields[sep + 1], fields[sep + 2])
-    return entry
+def _busy_message(mountpoint: str, fusermount_error: str) -> str:
+    held = [h.describe() for h in mounts.holders(mountpoint)]
+    held += [f"a mount at {m.mountpoint} ({m.fstype})" for m in mounts.submounts(mountpoint)]
+    if not held:
+        return f"cannot unmount {mountpoint}: {fusermount_error}"
+    shown = ", ".join(held[:8]) + (f" and {len(held) - 8} more" if len(held) > 8 else "")
+    return (f"cannot unmount {mountpoint}: busy, held by {shown}; stop them or use "
+            f"dmemfs umount --lazy {mountpoint}")
 
 
-def _daemon_pid(mountpoint: str) -> int | None:
-    try:
-        with open(os.path.join(mountpoint, "debug", "daemon")) as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == "pid":
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return None
+def _fusermount_error(res: subprocess.CompletedProcess[str]) -> str:
+    lines = res.stderr.strip().splitlines()
+    text = lines[-1] if lines else f"fusermount3 exited with status {res.returncode}"
+    return text.split(": ", 1)[1] if text.startswith("fusermount") and ": " in text else text
 
 
-def _fusermount(*args: str) -> subprocess.CompletedProcess[str]:
-    tool = shutil.which("fusermount3") or shutil.which("fusermount")
-    if tool is None:
-        raise UserError("fusermount3 not found (install the fuse3 package)")
-    return subprocess.run([tool, *args], capture_output=True, text=True)
-
-
-def umount(mountpoint: str) -> int:
+def umount(mountpoint: str, *, lazy: bool = False) -> int:
     mountpoint = os.path.abspath(mountpoint)
-    entry = _mount_entry(mountpoint)
-    if entry is None or not entry[0].startswith("fuse"):
-        raise UserError(f"{mountpoint} is not a dmemfs mount")
-    try:
-        os.stat(mountpoint)
-        stale = False
-    except OSError as e:
-        stale = e.errno == errno.ENOTCONN
-    if stale:
-        res = _fusermount("-u", "-z", mountpoint)
+    entry = mounts.find_mount(mountpoint)
+    if entry is None:
+        raise UserError(f"{mountpoint} is not a mount point")
+    if not entry.is_dmemfs:
+        raise UserError(f"{mountpoint} is not a dmemfs mount ({entry.describe()}); "
+                        "not unmounting it")
+    health = mounts.probe(entry)
+    if health.state == "stale":
+        res = lifecycle.fusermount("-u", "-z", mountpoint)
         if res.returncode:
-            raise UserError(f"cannot clean stale mount {mountpoint}: {res.stderr.strip()}")
+            raise UserError(f"cannot clean stale mount {mountpoint}: {_fusermount_error(res)}")
         print(f"dmemfs: cleaned stale mount {mountpoint}")
         return 0
-    pid = _daemon_pid(mountpoint)
-    res = _fusermount("-u", mountpoint)
+    pid = health.pid
+    if lazy:
+        res = lifecycle.fusermount("-u", "-z", mountpoint)
+        if res.returncode:
+            raise UserError(f"cannot unmount {mountpoint}: {_fusermount_error(res)}")
+        if pid is not None and not lifecycle.wait_exit(pid, timeout=1.0):
+            print(f"dmemfs: detached {mountpoint}; its daemon (pid {pid}) serves the processes "
+                  "still using it and exits after the last one lets go")
+        return 0
+    res = lifecycle.fusermount("-u", mountpoint)
     if res.returncode:
-        msg = res.stderr.strip().splitlines()[-1] if res.stderr.strip() else "failed"
-        raise UserError(f"cannot unmount {mountpoint}: {msg}")
-    if pid is not None:
-        deadline = time.monotonic() + EXIT_TIMEOUT
-        while time.monotonic() < deadline and _alive(pid):
-            time.sleep(0.02)
+        error = _fusermount_error(res)
+        if "busy" in error.lower():
+            raise UserError(_busy_message(mountpoint, error))
+        raise UserError(f"cannot unmount {mountpoint}: {error}")
+    if pid is not None and not lifecycle.wait_exit(pid):
+        raise UserError(f"unmounted {mountpoint}, but its daemon (pid {pid}) did not exit "
+                        f"within {lifecycle.EXIT_TIMEOUT:.0f} s")
     return 0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+def list_mounts(*, as_json: bool = False) -> str:
+    """``dmemfs list``: every dmemfs mount of this mount namespace and its health."""
+    entries = mounts.dmemfs_mounts()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(16, len(entries)))) as ex:
+        healths = list(ex.map(mounts.probe, entries))
+    rows = []
+    for entry, health in zip(entries, healths, strict=True):
+        rows.append({
+            "mountpoint": entry.mountpoint,
+            "owner": entry.owner,
+            "allow_other": entry.allow_other,
+            "health": health.state,
+            "reason": None if health.ok else health.reason,
+            "pid": health.pid,
+            "profile": health.daemon.get("profile"),
+            "pinning": health.daemon.get("pinning"),
+        })
+    if as_json:
+        return json.dumps(rows, indent=2) + "\n"
+    if not rows:
+        return "no dmemfs mounts\n"
+    table = [("MOUNTPOINT", "PID", "PROFILE", "PINNING", "OWNER", "HEALTH")]
+    for row in rows:
+        table.append((str(row["mountpoint"]), _dash(row["pid"]), _dash(row["profile"]),
+                      _dash(row["pinning"]), _dash(row["owner"]), str(row["health"])))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]) - 1)]
+    return "".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  "
+                   + r[-1] + "\n" for r in table)
+
+
+def _dash(value: object) -> str:
+    return "-" if value is None else str(value)
+
+
+def _require_live(mountpoint: str) -> mounts.Health:
+    """The health of a live dmemfs mount at ``mountpoint``; anything else is a UserError
+    saying what is there instead."""
+    mountpoint = os.path.abspath(mountpoint)
+    entry = mounts.find_mount(mountpoint)
+    if entry is None:
+        raise UserError(f"{mountpoint} is not a mount point (no dmemfs mounted there)")
+    if not entry.is_dmemfs:
+        raise UserError(f"{mountpoint} is not a dmemfs mount ({entry.describe()})")
+    health = mounts.probe(entry)
+    if health.state == "stale":
+        raise UserError(f"{health.reason}; {_stale_hint(entry)}")
+    if not health.ok:
+        raise UserError(health.reason)
+    return health
 
 
 # -- processes ---------------------------------------------------------------------------------
 
+#: Why a move into a cgroup fails, in the words of the kernel's rules (cgroup_migrate_vet_dst,
+#: cgroup_procs_write_permission).
+_JOIN_ERRORS = {
+    errno.EBUSY: "a cgroup with controllers enabled in its cgroup.subtree_control cannot hold "
+                 "processes (the no-internal-process rule); join a leaf cgroup",
+    errno.EACCES: "moving needs write access to cgroup.procs of the target and of the common "
+                  "ancestor of the source and target cgroups",
+    errno.ENODEV: "the cgroup was removed",
+    errno.ENOENT: "the cgroup was removed",
+}
+
 
 def exec_in(cgroup_dir: str, cmd: list[str]) -> int:
+    if not os.path.isdir(cgroup_dir):
+        raise UserError(f"exec: {cgroup_dir}: no such directory")
     procs = os.path.join(cgroup_dir, "cgroup.procs")
+    if not os.path.isfile(procs):
+        raise UserError(f"exec: {cgroup_dir} is not a cgroup directory (it has no cgroup.procs)")
+    program = shutil.which(cmd[0])
+    if program is None:
+        if "/" not in cmd[0]:
+            why = "command not found"
+        elif os.path.exists(cmd[0]):
+            why = "not an executable file"
+        else:
+            why = "no such file"
+        raise UserError(f"exec: {cmd[0]}: {why}")
     try:
         fd = os.open(procs, os.O_WRONLY)
         try:
@@ -246,20 +262,23 @@ def exec_in(cgroup_dir: str, cmd: list[str]) -> int:
         finally:
             os.close(fd)
     except OSError as e:
-        raise UserError(f"cannot join {cgroup_dir}: {e.strerror}") from None
+        rule = _JOIN_ERRORS.get(e.errno or 0)
+        raise UserError(f"exec: cannot join {cgroup_dir}: {e.strerror}"
+                        + (f" ({rule})" if rule else "")) from None
     try:
-        os.execvp(cmd[0], cmd)
+        os.execv(program, cmd)
     except OSError as e:
-        raise UserError(f"{cmd[0]}: {e.strerror}") from None
+        raise UserError(f"exec: {cmd[0]}: {e.strerror}") from None
     return 127  # not reached
 
 
 def cgroup_of(mountpoint: str, pid: int) -> str:
+    _require_live(mountpoint)
     path = os.path.join(mountpoint, "debug", "pid-cgroup")
     try:
         fd = os.open(path, os.O_RDWR)
     except OSError as e:
-        raise UserError(f"{mountpoint} is not a dmemfs mount ({e.strerror})") from None
+        raise UserError(f"{mountpoint}: cannot open debug/pid-cgroup: {e.strerror}") from None
     try:
         os.write(fd, str(pid).encode())
         return os.read(fd, 4096).decode().strip()
@@ -274,10 +293,15 @@ def cgroup_of(mountpoint: str, pid: int) -> str:
 # -- xe -----------------------------------------------------------------------------------------
 
 
+def _read_all(fd: int) -> str:
+    chunks = []
+    while chunk := os.read(fd, 65536):
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")
+
+
 def xe(device: str, verb: str, args: list[str], hold: bool) -> int:
     """One ioctl on a fresh client; print the reply; with ``hold`` keep the client open."""
-    import signal
-
     try:
         fd = os.open(device, os.O_RDWR)
     except OSError as e:
@@ -286,9 +310,9 @@ def xe(device: str, verb: str, args: list[str], hold: bool) -> int:
         try:
             os.write(fd, " ".join([verb, *args]).encode() + b"\n")
         except OSError as e:
-            raise UserError(f"{verb}: {e.strerror}") from None
-        while chunk := os.read(fd, 65536):
-            sys.stdout.write(chunk.decode())
+            reason = error_reason(_read_all(fd))
+            raise UserError(f"{verb}: {e.strerror}" + (f": {reason}" if reason else "")) from None
+        sys.stdout.write(_read_all(fd))
         sys.stdout.flush()
         if hold:
             for s in (signal.SIGINT, signal.SIGTERM):
@@ -300,6 +324,9 @@ def xe(device: str, verb: str, args: list[str], hold: bool) -> int:
 
 
 # -- status ---------------------------------------------------------------------------------
+
+#: The dmem files a status reads per cgroup (a file a cgroup lacks is left out).
+STATUS_FILES = ("current", "peak", "pinned", "min", "low", "max")
 
 
 def human(n: int | str) -> str:
@@ -313,78 +340,202 @@ def human(n: int | str) -> str:
     return f"{n} B"
 
 
-def _read_keyed(path: str) -> dict[str, int | str]:
+def _parse_keyed(text: str) -> dict[str, int | str]:
     out: dict[str, int | str] = {}
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.strip().rpartition(" ")
-                if key:
-                    out[key] = int(value) if value.isdigit() else value
-    except OSError:
-        pass
+    for line in text.splitlines():
+        key, _, value = line.strip().rpartition(" ")
+        if key:
+            out[key] = int(value) if value.isdigit() else value
     return out
 
 
-def _read_lines(path: str) -> list[str]:
+def _read_at(dir_fd: int | None, path: str) -> str | None:
     try:
-        with open(path) as f:
-            return f.read().splitlines()
+        fd = os.open(path, os.O_RDONLY, dir_fd=dir_fd)
     except OSError:
-        return []
+        return None
+    try:
+        return _read_all(fd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
-def _state_warning(mountpoint: str) -> list[str]:
-    """--state: the daemon's "state NOT saved: REASON" line, when saving fails."""
-    return [line for line in _read_lines(os.path.join(mountpoint, "debug", "daemon"))
-            if line.startswith("state NOT saved")]
+@dataclass
+class CgroupStatus:
+    path: str
+    #: Depth below the first cgroup shown.
+    depth: int
+    #: dmem file name (``current`` …) → region → value; a file the cgroup lacks is absent.
+    files: dict[str, dict[str, int | str]] = field(default_factory=dict)
+    evictions: int = 0
+    #: Device (PCI address) → times an exported buffer moved under this cgroup's dynamic
+    #: importers on that device (dma-buf stalls).
+    stalls: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def dmem(self) -> bool:
+        """The parent enabled dmem (the cgroup has dmem files)."""
+        return "current" in self.files
+
+    def regions(self, names: list[str]) -> dict[str, dict[str, int | str]]:
+        """region → {file: value} for the files the cgroup has."""
+        if not self.dmem:
+            return {}
+        return {r: {k: v.get(r, 0) for k, v in self.files.items()} for r in names}
 
 
-def status(mountpoint: str) -> str:
+@dataclass
+class Status:
+    """What ``dmemfs status`` shows, as plain data."""
+
+    mountpoint: str
+    daemon: dict[str, str]
+    #: One per device: ``pci``, its ``regions`` (name, dmem_region, size, used, pinned) and
+    #: ``stalls`` of its dma-buf importers by cgroup.
+    devices: list[dict[str, Any]]
+    #: The dmem regions, in the order of dmem.capacity.
+    regions: list[str]
+    cgroups: list[CgroupStatus]
+
+    def as_dict(self) -> dict[str, Any]:
+        pid = self.daemon.get("pid", "")
+        return {
+            "mountpoint": self.mountpoint,
+            "daemon": {"pid": int(pid) if pid.isdigit() else None,
+                       "profile": self.daemon.get("profile"),
+                       "pinning": self.daemon.get("pinning"),
+                       "lineage": self.daemon.get("lineage"),
+                       # --state: "saved PATH" or "NOT saved: REASON"; None without it
+                       "state": self.daemon.get("state")},
+            "devices": self.devices,
+            "regions": self.regions,
+            "cgroups": [{"path": c.path, "dmem": c.dmem, "evictions": c.evictions,
+                         "stalls": c.stalls, "regions": c.regions(self.regions)}
+                        for c in self.cgroups],
+        }
+
+    def text(self) -> str:
+        d = self.daemon
+        lines = [f"dmemfs at {self.mountpoint}: profile {d.get('profile', '?')}, "
+                 f"pinning {d.get('pinning', '?')}, daemon pid {d.get('pid', '?')}"]
+        if d.get("state", "").startswith("NOT saved"):  # --state cannot save: say so
+            lines.append(f"state {d['state']}")
+        for device in self.devices:
+            lines.append(f"device {device['pci']} (used / size, pinned):")
+            for r in device["regions"]:
+                lines.append(f"  {r['dmem_region'] or r['name']}  {human(r['used'])} / "
+                             f"{human(r['size'])}, {human(r['pinned'])} pinned")
+            stalls = sum(device["stalls"].values())
+            if stalls:
+                lines.append(f"  dma-buf importers stalled {stalls} times")
+        lines.append("cgroups (per region: current, peak, pinned; limits min/low/max):")
+        for c in self.cgroups:
+            indent = "  " * c.depth
+            if not c.dmem:
+                lines.append(f"{indent}{c.path}  (dmem not enabled by the parent)")
+                continue
+            events = [f"buffers evicted {c.evictions} times"] if c.evictions else []
+            events += [f"importers stalled {n} times on {pci}"
+                       for pci, n in sorted(c.stalls.items())]
+            lines.append(f"{indent}{c.path}" + (f"  ({', '.join(events)})" if events else ""))
+            for region, values in c.regions(self.regions).items():
+                parts = [f"current {human(values['current'])}"]
+                if "peak" in values:
+                    parts.append(f"peak {human(values['peak'])}")
+                parts.append(f"pinned {human(values.get('pinned', 0))}")
+                if "max" in values:
+                    parts.append("min {} low {} max {}".format(
+                        *(human(values[k]) for k in ("min", "low", "max"))))
+                lines.append(f"{indent}  {region}: " + ", ".join(parts))
+        return "\n".join(lines) + "\n"
+
+
+def walk(root: str, start: str = "/", max_depth: int | None = None
+         ) -> Iterator[tuple[str, int, int]]:
+    """The cgroups of ``root`` (a cgroup2 directory) from ``start`` down, in sorted pre-order:
+    ``(cgroup path, depth below start, directory fd)``; the fd is valid during the step.
+
+    Iterative, with one directory open at a time (children are reached with ``openat`` and
+    left through ``..``), so neither nesting depth nor PATH_MAX limits it.
+    """
+    fd = os.open(os.path.join(root, start.strip("/")), os.O_RDONLY | os.O_DIRECTORY)
+    base = [p for p in start.split("/") if p]
+    parts: list[str] = []
+    pending: list[list[str]] = []  # per level of the current path: children still to visit
+    try:
+        while True:
+            yield "/" + "/".join(base + parts), len(parts), fd
+            children: list[str] = []
+            if max_depth is None or len(parts) < max_depth:
+                with os.scandir(fd) as it:
+                    children = sorted((e.name for e in it if e.is_dir(follow_symlinks=False)),
+                                      reverse=True)
+            pending.append(children)
+            while True:
+                while pending and not pending[-1]:
+                    pending.pop()
+                    if pending:
+                        parent = os.open("..", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+                        os.close(fd)
+                        fd = parent
+                        parts.pop()
+                if not pending:
+                    return
+                name = pending[-1].pop()
+                try:
+                    child = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                    dir_fd=fd)
+                except FileNotFoundError:
+                    continue  # removed meanwhile
+                os.close(fd)
+                fd = child
+                parts.append(name)
+                break
+    finally:
+        os.close(fd)
+
+
+def status(mountpoint: str, cgroup: str = "/", depth: int | None = None) -> Status:
+    """The tree of a live mount from ``cgroup`` down (``depth`` levels at most)."""
+    health = _require_live(mountpoint)
+    mountpoint = os.path.abspath(mountpoint)
     root = os.path.join(mountpoint, "cgroup")
-    if not os.path.isdir(root):
-        raise UserError(f"{mountpoint} is not a dmemfs mount")
-    daemon = _read_keyed(os.path.join(mountpoint, "debug", "daemon"))
-    capacity = _read_keyed(os.path.join(root, "dmem.capacity"))
-    lines = [f"dmemfs at {mountpoint}: profile {daemon.get('profile', '?')}, "
-             f"pinning {daemon.get('pinning', '?')}, daemon pid {daemon.get('pid', '?')}"]
-    lines += _state_warning(mountpoint)
+    start = "/" + "/".join(p for p in cgroup.split("/") if p)
+    if not os.path.isdir(os.path.join(root, start.lstrip("/"))):
+        raise UserError(f"no cgroup {start} in {mountpoint}")
+    regions = list(_parse_keyed(_read_at(None, os.path.join(root, "dmem.capacity")) or ""))
+    devices = []
     evictions: dict[str, int] = {}
+    stalls: dict[str, dict[str, int]] = {}  # cgroup → device → count
     dri = os.path.join(mountpoint, "debug", "dri")
     for pci in sorted(os.listdir(dri)) if os.path.isdir(dri) else []:
-        for path, count in _read_keyed(os.path.join(dri, pci, "eviction_counts")).items():
+        counts = _parse_keyed(_read_at(None, os.path.join(dri, pci, "eviction_counts")) or "")
+        for path, count in counts.items():
             evictions[path] = evictions.get(path, 0) + int(count)
-        lines.append(f"device {pci} (used / size, pinned):")
-        for row in _read_lines(os.path.join(dri, pci, "regions"))[1:]:
+        rows = (_read_at(None, os.path.join(dri, pci, "regions")) or "").splitlines()[1:]
+        device_regions = []
+        for row in rows:
             name, dmem_region, size, used, pinned = row.split()
-            label = name if dmem_region == "-" else dmem_region
-            lines.append(f"  {label}  {human(int(used))} / {human(int(size))}, "
-                         f"{human(int(pinned))} pinned")
-    lines.append("cgroups (per region: current, peak, pinned; limits min/low/max):")
-    for dirpath, dirnames, _ in os.walk(root):
-        dirnames.sort()
-        rel = os.path.relpath(dirpath, root)
-        name = "/" if rel == "." else "/" + rel
-        depth = 0 if rel == "." else rel.count("/") + 1
-        indent = "  " * depth
-        files = {n: _read_keyed(os.path.join(dirpath, f"dmem.{n}"))
-                 for n in ("current", "peak", "pinned", "min", "low", "max")}
-        if not files["current"]:
-            lines.append(f"{indent}{name}  (dmem not enabled by the parent)")
-            continue
-        evicted = f"  (buffers evicted {evictions[name]} times)" if name in evictions else ""
-        lines.append(f"{indent}{name}{evicted}")
-        for region in capacity:
-            cur = files["current"].get(region, 0)
-            parts = [f"current {human(cur)}"]
-            if files["peak"]:
-                parts.append(f"peak {human(files['peak'].get(region, 0))}")
-            parts.append(f"pinned {human(files['pinned'].get(region, 0))}")
-            if files["max"]:
-                parts.append("min {} low {} max {}".format(
-                    *(human(files[k].get(region, 0)) for k in ("min", "low", "max"))))
-            lines.append(f"{indent}  {region}: " + ", ".join(parts))
-    return "\n".join(lines) + "\n"
+            device_regions.append({
+                "name": name, "dmem_region": None if dmem_region == "-" else dmem_region,
+                "size": int(size), "used": int(used), "pinned": int(pinned)})
+        device_stalls = {path: int(n) for path, n in _parse_keyed(
+            _read_at(None, os.path.join(dri, pci, "dmabuf_stalls")) or "").items()}
+        for path, n in device_stalls.items():
+            stalls.setdefault(path, {})[pci] = n
+        devices.append({"pci": pci, "regions": device_regions, "stalls": device_stalls})
+    cgroups = []
+    for path, level, fd in walk(root, start, depth):
+        c = CgroupStatus(path, level, evictions=evictions.get(path, 0),
+                         stalls=stalls.get(path, {}))
+        for name in STATUS_FILES:
+            text = _read_at(fd, f"dmem.{name}")
+            if text is not None:
+                c.files[name] = _parse_keyed(text)
+        cgroups.append(c)
+    return Status(mountpoint, health.daemon, devices, regions, cgroups)
 
 
 # -- as-cgroup2 -----------------------------------------------------------------------------

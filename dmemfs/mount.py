@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import logging
 import os
 import signal
-from collections.abc import Callable
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import pyfuse3
@@ -156,7 +159,7 @@ async def _apply_events(host: HostProcesses) -> None:
 
 
 async def _serve(early: list[int], keeper: StateKeeper | None, host: HostProcesses,
-                 cpu: HostCpu | None) -> None:
+                 cpu: HostCpu | None, ready: Callable[[], None]) -> None:
     async with trio.open_nursery() as nursery:
         if keeper is not None:
             nursery.start_soon(keeper.run)
@@ -174,8 +177,30 @@ async def _serve(early: list[int], keeper: StateKeeper | None, host: HostProcess
                 pyfuse3.terminate()
 
         await nursery.start(stop_on_signal)
+        ready()  # the loop runs: requests queued by the kernel are served from here on
         await pyfuse3.main()
         nursery.cancel_scope.cancel()
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Collect the lines written to file descriptor 2 while the block runs (by C code and
+    child processes too), then copy them to the real stderr, the log."""
+    lines: list[str] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lines
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            data = tmp.read()
+            if data:
+                os.write(2, data)
+            lines.extend(data.decode(errors="replace").splitlines())
 
 
 def run(options: MountOptions, ready: Callable[[], None] = lambda: None) -> None:
@@ -216,10 +241,23 @@ def _run(options: MountOptions, ready: Callable[[], None], lineage: TraceLineage
             raise OSError(errno.EINVAL, str(e)) from None
         ops.config_changed = keeper.changed
         ops.state_status = keeper.status
-    try:
-        pyfuse3.init(ops, options.mountpoint, fuse_options(options))
-    except RuntimeError as e:
-        raise OSError(errno.EIO, f"cannot mount at {options.mountpoint}: {e}") from None
+    with _captured_stderr() as said:
+        try:
+            pyfuse3.init(ops, options.mountpoint, fuse_options(options))
+        except RuntimeError as e:
+            failed = str(e)
+        else:
+            failed = ""
+    if failed:
+        # libfuse (and fusermount3, which it runs for non-root users) print the cause.
+        lines = [line.strip() for line in said if line.strip()]
+        cause = "; ".join([x for x in lines if "fuse" in x.lower()][-2:] or lines[-2:]) or failed
+        raise OSError(errno.EIO, f"cannot mount at {options.mountpoint}: {cause}")
+    log.info("mounted %s: profile %s, pinning %s, devices %s", options.mountpoint,
+             options.profile.name, options.profile.pinning, "; ".join(
+                 f"{d.pci} " + ", ".join(f"vram{i} {size >> 20} MiB"
+                                         for i, size in enumerate(d.vram))
+                 for d in options.devices))
     early: list[int] = []
     previous = {s: signal.signal(s, lambda signum, frame: early.append(signum))
                 for s in STOP_SIGNALS}
@@ -227,8 +265,7 @@ def _run(options: MountOptions, ready: Callable[[], None], lineage: TraceLineage
     if cpu is not None:
         cpu.start()
     try:
-        ready()
-        trio.run(_serve, early, keeper, ops.host, cpu)
+        trio.run(_serve, early, keeper, ops.host, cpu, ready)
     finally:
         if cpu is not None:
             cpu.close()

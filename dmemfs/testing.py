@@ -1,25 +1,22 @@
 """Mount a throw-away dmemfs for tests: used by dmemfs's own suite and its pytest plugin.
 
-The daemon runs in a subprocess (never touch a FUSE mount from the process serving it) and
-is always stopped and unmounted on the way out, even when the test failed.
+The daemon runs in a subprocess started the way ``dmemfs mount`` starts it (see
+:mod:`dmemfs.lifecycle`; never touch a FUSE mount from the process serving it) and is always
+stopped and unmounted on the way out, even when the test failed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import select
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-#: Seconds to wait for a mount to become ready or a daemon to exit.
-TIMEOUT = 30.0
+from dmemfs import lifecycle
+from dmemfs.mounts import find_mount
 
 
 def fuse_available() -> str | None:
@@ -34,9 +31,9 @@ def fuse_available() -> str | None:
 
 
 def is_mounted(path: str) -> bool:
-    path = os.path.realpath(path)
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
+    """Something is mounted at ``path`` (judged from /proc/self/mountinfo, never by touching
+    the path, which could hang on a stuck mount)."""
+    return find_mount(os.path.abspath(path)) is not None
 
 
 @dataclass
@@ -76,38 +73,9 @@ class Mounted:
             os.close(fd)
 
 
-def _wait_ready(fd: int, proc: subprocess.Popen[bytes], log_path: str) -> None:
-    data = b""
-    deadline = time.monotonic() + TIMEOUT
-    while b"\n" not in data:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise RuntimeError(f"dmemfs did not become ready in {TIMEOUT} s; log: {log_path}")
-        readable, _, _ = select.select([fd], [], [], left)
-        if not readable:
-            continue
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            break
-        data += chunk
-    if data.strip() != b"ok":
-        proc.wait(timeout=TIMEOUT)
-        with open(log_path, errors="replace") as f:
-            raise RuntimeError(f"dmemfs failed to mount: {data.decode().strip()}\n{f.read()}")
-
-
 def stop(m: Mounted) -> None:
-    """SIGTERM the daemon (it unmounts); if that fails, unmount lazily and SIGKILL."""
-    if m.proc.poll() is None:
-        m.proc.send_signal(signal.SIGTERM)
-        try:
-            m.proc.wait(timeout=TIMEOUT)
-        except subprocess.TimeoutExpired:
-            m.proc.kill()
-            m.proc.wait()
-    if is_mounted(m.path):
-        tool = shutil.which("fusermount3") or "fusermount"
-        subprocess.run([tool, "-u", "-z", m.path], capture_output=True)
+    """SIGTERM the daemon (it unmounts); if that fails, SIGKILL it and unmount lazily."""
+    lifecycle.stop(m.proc, m.path)
 
 
 @contextlib.contextmanager
@@ -123,19 +91,19 @@ def mounted(
     path = os.path.join(tmp, "mnt")
     os.mkdir(path)
     log_path = os.path.join(tmp, "daemon.log")
-    r, w = os.pipe()
-    cmd = [sys.executable, "-m", "dmemfs", "mount", path, "--foreground",
-           "--ready-fd", str(w), *args]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, pass_fds=[w], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, env=env, start_new_session=True)
-    os.close(w)
-    m = Mounted(path=path, log_path=log_path, proc=proc)
+    log_fd = lifecycle.open_log(log_path, default=False)
     try:
-        try:
-            _wait_ready(r, proc, log_path)
-        finally:
-            os.close(r)
+        daemon = lifecycle.spawn(["mount", path, *args], log_fd, log_path, env=env)
+    except lifecycle.DaemonError as e:
+        with open(log_path, errors="replace") as f:
+            log = f.read()
+        if not is_mounted(path):
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"dmemfs failed to mount: {e}\n{log}") from None
+    finally:
+        os.close(log_fd)
+    m = Mounted(path=path, log_path=log_path, proc=daemon.proc)
+    try:
         yield m
     finally:
         stop(m)

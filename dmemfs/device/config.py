@@ -1,4 +1,4 @@
-"""Device configuration: ``--device`` specs and the TOML config file (SPEC §3, §8).
+"""Device configuration: ``--device`` specs and the TOML config file.
 
 A spec is ``xe,pci=0000:03:00.0,vram0=16G[,vram1=16G][,system=64G]``. The TOML file holds the
 same as ``[[device]]`` tables with the same keys.
@@ -40,28 +40,38 @@ class DeviceConfig:
 DEFAULT_DEVICE = DeviceConfig(pci=DEFAULT_PCI, vram=(16 * GiB,))
 
 
+class _FieldError(ConfigError):
+    """A bad value or key inside one device (the caller says where)."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
 def _size(key: str, text: str, page: int) -> int:
     value, rest = memparse(text.strip())
     if rest or not text.strip():
-        raise ConfigError(f"{key}={text!r}: not a size (use bytes or a K/M/G suffix)")
+        raise _FieldError(key, f"{key}={text!r}: not a size (use bytes or a K/M/G suffix)")
     if value <= 0 or value % page:
-        raise ConfigError(f"{key}={text}: must be a positive multiple of {page // 1024} KiB")
+        raise _FieldError(key, f"{key}={text}: must be a positive multiple of "
+                          f"{page // 1024} KiB")
     return value
 
 
-def _build(fields: dict[str, str], where: str) -> DeviceConfig:
-    unknown = set(fields) - {"driver", "pci", "vram0", "vram1", "system", "p2p"}
+def _build(fields: dict[str, str]) -> DeviceConfig:
+    unknown = sorted(set(fields) - {"driver", "pci", "vram0", "vram1", "system", "p2p"})
     if unknown:
-        raise ConfigError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
+        raise _FieldError(unknown[0], f"unknown key(s) {', '.join(unknown)} "
+                          "(known: driver, pci, vram0, vram1, system, p2p)")
     driver = fields.get("driver", "xe")
     if driver != "xe":
-        raise ConfigError(f"{where}: only the 'xe' driver is simulated, not {driver!r}")
+        raise _FieldError("driver", f"only the 'xe' driver is simulated, not {driver!r}")
     pci = fields.get("pci", DEFAULT_PCI).lower()
     if not _PCI.match(pci):
-        raise ConfigError(f"{where}: pci={pci!r} is not a PCI address like 0000:03:00.0")
+        raise _FieldError("pci", f"pci={pci!r} is not a PCI address like 0000:03:00.0")
     if "vram0" not in fields:
         if "vram1" in fields:
-            raise ConfigError(f"{where}: vram1 needs vram0")
+            raise _FieldError("vram1", "vram1 needs vram0")
         vram: tuple[int, ...] = (16 * GiB,)
     else:
         vram = (_size("vram0", fields["vram0"], VRAM_PAGE),)
@@ -70,7 +80,7 @@ def _build(fields: dict[str, str], where: str) -> DeviceConfig:
     system = _size("system", fields["system"], SYSTEM_PAGE) if "system" in fields else 64 * GiB
     p2p_text = fields.get("p2p", "1").lower()
     if p2p_text not in ("0", "1", "true", "false"):
-        raise ConfigError(f"{where}: p2p={fields['p2p']!r} must be 0 or 1")
+        raise _FieldError("p2p", f"p2p={fields['p2p']!r} must be 0 or 1")
     return DeviceConfig(pci=pci, vram=vram, system=system, driver=driver,
                         p2p=p2p_text in ("1", "true"))
 
@@ -87,24 +97,97 @@ def parse_device_spec(spec: str) -> DeviceConfig:
         if key in fields:
             raise ConfigError(f"device spec {spec!r}: {key} given twice")
         fields[key] = value
-    return _build(fields, f"device spec {spec!r}")
+    try:
+        return _build(fields)
+    except _FieldError as e:
+        raise ConfigError(f"device spec {spec!r}: {e}") from None
+
+
+_TOML_WHERE = re.compile(r"^(.*) \(at line (\d+), column (\d+)\)$")
+_TABLE = re.compile(r"^\s*\[\[?\s*([^\]]*?)\s*\]\]?")
+_KEY = re.compile(r"""^\s*(?:"([^"]*)"|'([^']*)'|([A-Za-z0-9_-]+))\s*=""")
+
+
+def _key_lines(text: str) -> tuple[dict[tuple[str, int, str], int], dict[str, int]]:
+    """Where things are defined: ((table, index, key) → line, table header → first line).
+
+    Top-level keys have table ''. Enough for the one-line errors; tomllib has validated the
+    syntax already.
+    """
+    keys: dict[tuple[str, int, str], int] = {}
+    tables: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    table, index = "", 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        header = _TABLE.match(line)
+        if header:
+            table = header.group(1).strip().strip("\"'")
+            index = counts.get(table, 0)
+            counts[table] = index + 1
+            tables.setdefault(table, lineno)
+            continue
+        key = _KEY.match(line)
+        if key:
+            name = next(g for g in key.groups() if g is not None)
+            keys.setdefault((table, index, name), lineno)
+    return keys, tables
+
+
+def _at(path: str, line: int | None) -> str:
+    return f"config {path} line {line}" if line else f"config {path}"
 
 
 def load_config(path: str) -> list[DeviceConfig]:
+    """The ``[[device]]`` tables of a TOML file. Errors are one line that names the file, the
+    line and the key: ``config FILE line N: device #1: vram0='1Q': not a size …``."""
     try:
         with open(path, "rb") as f:
-            data = tomllib.load(f)
+            raw = f.read()
     except OSError as e:
         raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        at = _at(path, raw[: e.start].count(b"\n") + 1)
+        raise ConfigError(f"{at}: not UTF-8 text (byte "
+                          f"0x{raw[e.start]:02x}); TOML files are UTF-8") from None
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config {path}: {e}") from None
-    devices = data.get("device", [])
+        msg = str(e)
+        where = _TOML_WHERE.match(msg)
+        if where:
+            raise ConfigError(f"config {path} line {where.group(2)} column {where.group(3)}: "
+                              f"{where.group(1)}") from None
+        msg = msg.replace("(at end of document)", "at the end of the file")
+        raise ConfigError(f"config {path}: {msg}") from None
+    keys, tables = _key_lines(text)
+    for name, value in data.items():
+        if name != "device":
+            if isinstance(value, list):
+                what = f"table [[{name}]]"
+            else:
+                what = f"table [{name}]" if isinstance(value, dict) else f"key {name!r}"
+            at = _at(path, tables.get(name) or keys.get(("", 0, name)))
+            raise ConfigError(f"{at}: unknown {what} (only [[device]] tables are read)")
+    devices = data.get("device")
+    if devices is None:
+        raise ConfigError(f"config {path}: no [[device]] table (an empty config is refused "
+                          "rather than mounting the default device)")
     if not isinstance(devices, list) or not all(isinstance(d, dict) for d in devices):
-        raise ConfigError(f"config {path}: 'device' must be an array of tables ([[device]])")
+        at = _at(path, tables.get("device") or keys.get(("", 0, "device")))
+        raise ConfigError(f"{at}: 'device' must be an array of tables ([[device]])")
     out = []
     for i, d in enumerate(devices):
-        fields = {k: str(v) for k, v in d.items()}
-        out.append(_build(fields, f"config {path}: device #{i}"))
+        try:
+            bad = next((k for k, v in d.items() if not isinstance(v, str | int)
+                        or isinstance(v, bool)), None)
+            if bad is not None:
+                raise _FieldError(bad, f"{bad}: a string or an integer, not {d[bad]!r}")
+            out.append(_build({k: str(v) for k, v in d.items()}))
+        except _FieldError as e:
+            at = _at(path, keys.get(("device", i, e.key)) if e.key else None)
+            raise ConfigError(f"{at}: device #{i + 1}: {e}") from None
     return out
 
 

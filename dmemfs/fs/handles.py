@@ -7,6 +7,7 @@ to the opener and the flags of the open where the request could not be read.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable
 
@@ -291,7 +292,9 @@ class QueryHandle(Handle):
     """Write a request, read the reply from the same open file (like the device file).
 
     The reply is a stream consumed by reads whatever the file offset (a write moves the
-    offset too); a read with no pending reply returns 0 bytes.
+    offset too); a read with no pending reply returns 0 bytes. A request that fails still
+    fails with its errno, and leaves one line saying why for the next read:
+    ``error=EINVAL reason=<what was wrong>``.
     """
 
     __slots__ = ("_answer",)
@@ -307,9 +310,29 @@ class QueryHandle(Handle):
         return pending[:size]
 
     def write(self, data: bytes, call: Call) -> int:
+        return self._serve(data, lambda: self._answer(self.opener, data.decode("latin-1")))
+
+    def _serve(self, data: bytes, answer: Callable[[], str]) -> int:
+        """Run one request: its reply, or the reason it failed, is what the next read gets."""
         self.buf = b""
-        self.buf = self._answer(self.opener, data.decode("latin-1")).encode()
+        try:
+            reply = answer()
+        except DmemError as e:
+            self.buf = error_reply(e).encode()
+            raise
+        self.buf = reply.encode()
         return len(data)
+
+
+#: The kernel's names where Python's errno table picks an alias of the same number.
+_ERRNO_NAMES = {errno.EOPNOTSUPP: "EOPNOTSUPP", errno.EDEADLK: "EDEADLK"}
+
+
+def error_reply(error: DmemError) -> str:
+    """``error=EINVAL reason=…``: one line, whatever the message holds."""
+    name = _ERRNO_NAMES.get(error.errno) or errno.errorcode.get(error.errno, str(error.errno))
+    reason = " ".join(str(error).split()) or name
+    return f"error={name} reason={reason}\n"
 
 
 class DeviceHandle(QueryHandle):
@@ -322,9 +345,7 @@ class DeviceHandle(QueryHandle):
         self.session = session
 
     def write(self, data: bytes, call: Call) -> int:
-        self.buf = b""
-        self.buf = self.session.request(data, call).encode()
-        return len(data)
+        return self._serve(data, lambda: self.session.request(data, call))
 
     def release(self) -> None:
         self.session.close()

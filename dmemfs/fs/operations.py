@@ -474,14 +474,18 @@ class Operations(pyfuse3.Operations):
         # Offsets index a snapshot taken when the listing starts (or is rewound), so
         # concurrent mkdir/rmdir never make an entry appear twice or be skipped.
         if start_id == 0 or handle.entries is None:
-            handle.entries = self._entries(handle.node)
+            node = handle.node
+            handle.entries = [(".", functools.partial(_same, node)),
+                              ("..", functools.partial(self._parent_of, node)),
+                              *self._entries(node)]
         entries = handle.entries
         for i in range(start_id, len(entries)):
             name, make = entries[i]
             child = make()
             if not pyfuse3.readdir_reply(token, os.fsencode(name), self._reply(child), i + 1):
                 break
-            child.lookups += 1
+            if i >= 2:  # the kernel takes no reference for "." and ".." (fuse_direntplus_link)
+                child.lookups += 1
 
     @fuse_errors
     async def releasedir(self, fh: int) -> None:

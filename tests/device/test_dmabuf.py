@@ -9,10 +9,12 @@ charged, stalls and the views that show them.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import socket
 import stat
 import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -471,3 +473,27 @@ def test_views_list_exports_and_attachments(
     gpu1.close()
     assert len(_view(mnt, PCI0, "dmabuf").splitlines()) == 1
     assert _view(mnt, PCI1, "dmabuf") == ""
+
+
+@TWO
+def test_status_counts_stalls_per_device_and_cgroup(
+    mnt: Mounted, gpu0: XeDevice, gpu1: XeDevice
+) -> None:
+    cgroups(mnt, "a", "b", "c")
+    with inside(mnt, "a"):
+        dmabuf = gpu0.prime_export(gpu0.gem_create("2M", ("vram0", "system")).handle)
+    with inside(mnt, "c"):
+        gpu1.prime_import(dmabuf)
+        _fill_from_another_process(mnt, "b", ["2M", "2M"])
+    res = subprocess.run([sys.executable, "-m", "dmemfs", "status", mnt.path, "--json"],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    status = json.loads(res.stdout)
+    assert [d["stalls"] for d in status["devices"]] == [{}, {"/c": 1}]
+    assert {c["path"]: c["stalls"] for c in status["cgroups"]} == {
+        "/": {}, "/a": {}, "/b": {}, "/c": {PCI1: 1}}
+    text = subprocess.run([sys.executable, "-m", "dmemfs", "status", mnt.path],
+                          capture_output=True, text=True, timeout=60).stdout
+    assert "  dma-buf importers stalled 1 times\n" in text
+    assert f"/c  (importers stalled 1 times on {PCI1})\n" in text
+    assert "/a  (buffers evicted 1 times)\n" in text

@@ -148,6 +148,9 @@ def test_gem_create_errno(gpu: XeDevice, args: str, err: int) -> None:
 
 
 def _assert_nothing_left(dev: XeDevice) -> None:
+    """After a failed request: nothing to read but the reason, nothing allocated."""
+    reply = os.read(dev.fd, 4096)
+    assert reply.startswith(b"error=E") and b" reason=" in reply and reply.count(b"\n") == 1
     assert os.read(dev.fd, 4096) == b""
     used = {name: r["used"] for name, r in _regions(dev).items()}
     assert used == {"system": "0", "vram0": "0", "vram1": "0"}
@@ -353,6 +356,7 @@ def test_read_without_pending_reply_is_empty(gpu: XeDevice) -> None:
     assert os.read(gpu.fd, 4096) == b""  # consumed
     os.write(gpu.fd, b"BO_INFO handle=1\n")
     assert _raw(gpu, b"BOGUS") == errno.EINVAL  # a failed request drops the pending reply
+    assert os.read(gpu.fd, 4096).startswith(b"error=EINVAL reason=unknown verb 'BOGUS'")
     assert os.read(gpu.fd, 4096) == b""
     os.write(gpu.fd, b"GEM_CLOSE handle=1\n")  # a verb without a reply
     assert os.read(gpu.fd, 4096) == b""

@@ -1,4 +1,5 @@
-"""The engine is pure Python: no FUSE, no trio, no operating system, no I/O (STYLE.md)."""
+"""Layering: the engine is pure Python (no FUSE, no trio, no OS, no I/O); the device and fs
+layers import nothing above them."""
 
 from __future__ import annotations
 
@@ -111,3 +112,94 @@ def test_checker_catches(snippet: str) -> None:
 )
 def test_checker_allows(snippet: str) -> None:
     assert violations(snippet) == []
+
+
+# -- the layers above the engine ------------------------------------------------------------
+# Data flows one way (docs/architecture.md): cli → mount → fs → device → engine. The device
+# layer is the simulated driver: it knows no FUSE, no event loop and nothing above it; the fs
+# layer turns requests into engine and device calls and knows nothing of the command line.
+
+PACKAGE_DIR = ENGINE_DIR.parent
+#: Modules above the fs layer: the command line, the composition root, the test helpers.
+UPPER = ("dmemfs.cli", "dmemfs.commands", "dmemfs.completion", "dmemfs.lifecycle",
+         "dmemfs.mounts", "dmemfs.mount", "dmemfs.testing", "dmemfs.pytest_plugin",
+         "dmemfs.__main__")
+LAYERS = {
+    "device": (frozenset({"pyfuse3", "trio"}), ("dmemfs.fs", *UPPER)),
+    "fs": (frozenset(), UPPER),
+}
+
+
+def imported_modules(source: str, package: str) -> list[tuple[int, str]]:
+    """(line, module) for every import; ``from X import y`` counts as X and X.y."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*parts, node.module] if node.module else parts)
+            else:
+                base = node.module or ""
+            found.append((node.lineno, base))
+            found += [(node.lineno, f"{base}.{alias.name}") for alias in node.names]
+    return found
+
+
+def layer_violations(source: str, layer: str) -> list[str]:
+    forbidden_top, forbidden_dmemfs = LAYERS[layer]
+    out = []
+    for line, mod in imported_modules(source, f"dmemfs.{layer}"):
+        if mod.split(".")[0] in forbidden_top:
+            out.append(f"line {line}: import of {mod}")
+        elif any(mod == f or mod.startswith(f + ".") for f in forbidden_dmemfs):
+            out.append(f"line {line}: upward import of {mod}")
+    return out
+
+
+LAYER_FILES = [(layer, path) for layer in LAYERS
+               for path in sorted((PACKAGE_DIR / layer).rglob("*.py"))]
+
+
+def test_layer_files_found() -> None:
+    names = {(layer, p.name) for layer, p in LAYER_FILES}
+    assert {("device", "xe.py"), ("device", "config.py"), ("fs", "operations.py"),
+            ("fs", "handles.py")} <= names
+
+
+@pytest.mark.parametrize("layer, path", LAYER_FILES, ids=lambda x: getattr(x, "name", x))
+def test_layer_imports_nothing_above_it(layer: str, path: Path) -> None:
+    assert layer_violations(path.read_text(), layer) == []
+
+
+@pytest.mark.parametrize("layer, snippet", [
+    ("device", "import pyfuse3"),
+    ("device", "from trio import lowlevel"),
+    ("device", "from dmemfs.fs.handles import Opener"),
+    ("device", "from dmemfs import fs"),
+    ("device", "from ..fs import operations"),
+    ("device", "import dmemfs.mount"),
+    ("device", "from dmemfs.cli import UserError"),
+    ("fs", "from dmemfs.cli import UserError"),
+    ("fs", "from dmemfs import commands"),
+    ("fs", "import dmemfs.mount"),
+    ("fs", "from ..lifecycle import spawn"),
+    ("fs", "from dmemfs.testing import mounted"),
+])
+def test_layer_checker_catches(layer: str, snippet: str) -> None:
+    assert layer_violations(snippet, layer) != []
+
+
+@pytest.mark.parametrize("layer, snippet", [
+    ("device", "from dmemfs.engine.dmem import DmemCss"),
+    ("device", "from dmemfs.errors import InvalidArgument"),
+    ("device", "from . import ttm"),
+    ("device", "import tomllib"),
+    ("fs", "import pyfuse3"),
+    ("fs", "from dmemfs.device.protocol import Session"),
+    ("fs", "from dmemfs.procs import HostProcesses"),
+    ("fs", "import dmemfs.mountain"),  # only the exact module name counts
+])
+def test_layer_checker_allows(layer: str, snippet: str) -> None:
+    assert layer_violations(snippet, layer) == []
