@@ -309,7 +309,12 @@ class Device(ttm.TtmDevice):
         comes back to VRAM only when that needs no forced eviction (TTM keeps a BO in a
         compatible FALLBACK place); a VRAM-only one evicts others.
         """
-        ctx = ttm.OperationCtx(css, client.pid, busy=frozenset(bos), ticket=True)
+        # The job locks all its BOs under one ticket; an imported BO shares the exporter's
+        # reservation object (drm_gem_prime_import_dev: obj->resv = dma_buf->resv), so the
+        # exporter's BO is locked too. TTM's eviction walk skips what the ticket holds, so
+        # making room for one of the job's buffers never evicts another.
+        busy = frozenset(bos) | frozenset(bo.exported_bo for bo in bos)
+        ctx = ttm.OperationCtx(css, client.pid, busy=busy, ticket=True)
         migrated = evicted = 0
         for bo in bos:
             a = bo.import_attach
@@ -318,8 +323,7 @@ class Device(ttm.TtmDevice):
                 target = bo.exported_bo
                 before = (target.in_vram, target.device.evicted_bytes)
                 if not a.mapped:
-                    a.dmabuf.map(a, ttm.OperationCtx(css, client.pid, busy=frozenset({target}),
-                                                     ticket=True))
+                    a.dmabuf.map(a, ctx)
                 if target.in_vram and not before[0]:
                     migrated += target.size
                 evicted += target.device.evicted_bytes - before[1]
