@@ -18,8 +18,9 @@ import struct
 from dataclasses import dataclass
 
 #: System call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-NR = {"statfs": 137, "fstatfs": 138, "bpf": 321, "seccomp": 317, "pidfd_getfd": 438,
-      "openat2": 437, "setgroups": 116, "setfsuid": 122, "setfsgid": 123, "capget": 125,
+NR = {"statfs": 137, "fstatfs": 138, "bpf": 321, "setrlimit": 160, "prlimit64": 302,
+      "seccomp": 317, "pidfd_getfd": 438, "openat2": 437, "setgroups": 116, "setfsuid": 122,
+      "setfsgid": 123, "capget": 125,
       "capset": 126}
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
@@ -73,17 +74,58 @@ def _insn(code: int, k: int, jt: int = 0, jf: int = 0) -> bytes:
     return struct.pack("=HBBI", code, jt, jf, k)
 
 
+#: seccomp_data offsets: nr, arch, then args[i] at 16 + 8 * i (low 32 bits first).
+_ARG = 16
+RLIMIT_MEMLOCK = 8
+
+
+def _assemble(program: list[tuple]) -> bytes:  # type: ignore[type-arg]
+    """Classic BPF from ("ld", offset), ("jeq", k, label_true, label_false), ("ret", action)
+    and ("label", name); a jump label None means the next instruction."""
+    labels: dict[str, int] = {}
+    pc = 0
+    for insn in program:
+        if insn[0] == "label":
+            labels[insn[1]] = pc
+        else:
+            pc += 1
+    out = []
+    pc = 0
+    for insn in program:
+        if insn[0] == "label":
+            continue
+        if insn[0] == "ld":
+            out.append(_insn(_BPF_LD_W_ABS, insn[1]))
+        elif insn[0] == "ret":
+            out.append(_insn(_BPF_RET_K, insn[1]))
+        else:
+            _, k, t, f = insn
+            jt = 0 if t is None else labels[t] - pc - 1
+            jf = 0 if f is None else labels[f] - pc - 1
+            out.append(_insn(_BPF_JMP_JEQ_K, k, jt, jf))
+        pc += 1
+    return b"".join(out)
+
+
 def build_filter(names: list[str]) -> bytes:
     """A filter that notifies the listed x86_64 system calls and allows everything else
-    (x32 and 32-bit calls too: they are not x86_64 ones)."""
-    nrs = [NR[n] for n in names]
-    prog = [_insn(_BPF_LD_W_ABS, 4),  # seccomp_data.arch
-            _insn(_BPF_JMP_JEQ_K, AUDIT_ARCH_X86_64, 0, len(nrs) + 1),
-            _insn(_BPF_LD_W_ABS, 0)]  # seccomp_data.nr
-    for i, nr in enumerate(nrs):
-        prog.append(_insn(_BPF_JMP_JEQ_K, nr, len(nrs) - i, 0))
-    prog += [_insn(_BPF_RET_K, SECCOMP_RET_ALLOW), _insn(_BPF_RET_K, SECCOMP_RET_USER_NOTIF)]
-    return b"".join(prog)
+    (x32 and 32-bit calls too: they are not x86_64 ones). ``setrlimit`` and ``prlimit64``
+    are notified only when they set RLIMIT_MEMLOCK."""
+    prog: list[tuple] = [("ld", 4), ("jeq", AUDIT_ARCH_X86_64, None, "allow"),  # type: ignore[type-arg]
+                         ("ld", 0)]
+    for name in names:
+        target = {"setrlimit": "setrlimit", "prlimit64": "prlimit64"}.get(name, "notify")
+        prog.append(("jeq", NR[name], target, None))
+    prog.append(("ret", SECCOMP_RET_ALLOW))
+    if "setrlimit" in names:  # args[0] == RLIMIT_MEMLOCK
+        prog += [("label", "setrlimit"), ("ld", _ARG), ("jeq", RLIMIT_MEMLOCK, "notify", "allow")]
+    if "prlimit64" in names:  # args[1] == RLIMIT_MEMLOCK and args[2] (new limit) != NULL
+        prog += [("label", "prlimit64"), ("ld", _ARG + 8),
+                 ("jeq", RLIMIT_MEMLOCK, None, "allow"), ("ld", _ARG + 16),
+                 ("jeq", 0, None, "notify"), ("ld", _ARG + 20), ("jeq", 0, "allow", "notify")]
+    prog += [("label", "allow"), ("ret", SECCOMP_RET_ALLOW),
+             ("label", "notify"), ("ret", SECCOMP_RET_USER_NOTIF)]
+    return _assemble(prog)
 
 
 def install(names: list[str]) -> int:

@@ -39,8 +39,8 @@ from dmemfs.seccomp import Notification
 
 log = logging.getLogger(__name__)
 
-#: System calls stopped by the filter.
-SYSCALLS = ["statfs", "fstatfs", "bpf"]
+#: System calls stopped by the filter (setrlimit/prlimit64 only for RLIMIT_MEMLOCK).
+SYSCALLS = ["statfs", "fstatfs", "bpf", "setrlimit", "prlimit64"]
 #: Seconds a call may wait for an answer before it continues to the kernel.
 TIMEOUT = 5.0
 
@@ -56,6 +56,8 @@ BPF_PROG_QUERY = 16
 BPF_CGROUP_DEVICE = 6
 
 RESOLVE_IN_ROOT = 0x10
+RLIMIT_MEMLOCK = 8
+CAP_SYS_RESOURCE = 24
 CAP_DAC_OVERRIDE = 1
 CAP_DAC_READ_SEARCH = 2
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
@@ -173,6 +175,22 @@ def fuse_access(mountpoint: str) -> tuple[int, int] | None:
     return None
 
 
+def _tgid(tid: int) -> int:
+    """The process (thread group) of thread ``tid``: a seccomp notification names the
+    calling thread."""
+    with open(f"/proc/{tid}/status") as f:
+        for line in f:
+            if line.startswith("Tgid:"):
+                return int(line.split()[1])
+    return tid
+
+
+def _kernel() -> tuple[int, int]:
+    parts = os.uname().release.split(".")
+    minor = "".join(c for c in (parts[1] if len(parts) > 1 else "") if c.isdigit())
+    return int(parts[0]), int(minor or 0)
+
+
 def _ids(pid: int) -> tuple[set[int], set[int]]:
     """(uids, gids) of ``pid``: real, effective, saved and filesystem ids."""
     uids: set[int] = set()
@@ -262,7 +280,42 @@ class Supervisor:
             return self._statfs(n, lambda: open_descriptor(n.pid, n.args[0] & 0xFFFFFFFF))
         if n.name == "bpf":
             return self._bpf(n)
+        if n.name in ("setrlimit", "prlimit64"):
+            return self._memlock(n)
         return None
+
+    def _memlock(self, n: Notification) -> tuple[int, int] | None:
+        """A raise of the caller's own RLIMIT_MEMLOCK that the kernel would refuse (EPERM:
+        above the hard limit, without CAP_SYS_RESOURCE) succeeds, with the soft limit
+        raised to the hard limit and the hard limit unchanged. crun makes that raise
+        before it loads its device program; since Linux 5.11 BPF memory is charged to the
+        memory cgroup, not to this limit, so the raise changes nothing the program needs."""
+        if _kernel() < (5, 11):
+            return None
+        caller = _tgid(n.pid)
+        if n.name == "setrlimit":
+            target, new_addr, old_addr = caller, n.args[1], 0
+        else:
+            target = n.args[0] & 0xFFFFFFFF or caller
+            new_addr, old_addr = n.args[2], n.args[3]
+        raw = seccomp.read_memory(n.pid, new_addr, 16)
+        if target != caller or len(raw) < 16 or not seccomp.still_valid(self.listener, n):
+            return None
+        cur, hard = struct.unpack("=QQ", raw)
+        if Creds.of(n.pid).cap_eff & 1 << CAP_SYS_RESOURCE:
+            return None
+        old = ctypes.create_string_buffer(16)
+        seccomp.syscall("prlimit64", target, RLIMIT_MEMLOCK, None, old)
+        _, hard0 = struct.unpack("=QQ", old.raw)
+        if cur > hard or hard <= hard0:
+            return None  # the kernel's own answer: EINVAL, or allowed
+        new = ctypes.create_string_buffer(struct.pack("=QQ", min(cur, hard0), hard0), 16)
+        seccomp.syscall("prlimit64", target, RLIMIT_MEMLOCK, new, None)
+        log.info("pid %d: RLIMIT_MEMLOCK %d/%d requested, soft limit raised to the hard limit",
+                 caller, cur, hard)
+        if old_addr and not seccomp.write_memory(n.pid, old_addr, old.raw):
+            return 0, errno.EFAULT
+        return 0, 0
 
     def _allowed(self, pid: int) -> bool:
         """Whether FUSE lets ``pid`` use the mount (without allow_other, only the ids of
@@ -316,10 +369,11 @@ class Supervisor:
                 return self._query(n, ino, addr, attr)
             if cmd == BPF_PROG_ATTACH:
                 replace = replace_fd if flags & 4 else -1
-                self.ask(f"attach pid={n.pid} ino={ino} prog_fd={prog_fd} flags={flags} "
+                self.ask(f"attach pid={_tgid(n.pid)} ino={ino} prog_fd={prog_fd} flags={flags} "
                          f"replace_fd={replace}")
             else:
-                self.ask(f"detach pid={n.pid} ino={ino} prog_fd={prog_fd if prog_fd else -1}")
+                self.ask(f"detach pid={_tgid(n.pid)} ino={ino} "
+                         f"prog_fd={prog_fd if prog_fd else -1}")
         except OSError as e:
             return 0, e.errno or errno.EINVAL
         return 0, 0

@@ -124,7 +124,9 @@ class SpliceReads:
         if ino not in self._shrunk:
             return
         self._shrunk.discard(ino)
-        await self.settled()
+        self._pending.discard(ino)  # the open drops the pages itself
+        while ino in self._dropping:
+            await self._dropped.wait()
         # One byte at the end of page 0 extends the size to SIZE (it only ever grows it).
         await trio.to_thread.run_sync(_store, ino, SIZE - 1, b"\0")
 
