@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 
 #: System call numbers (arch/x86/entry/syscalls/syscall_64.tbl).
-NR = {"statfs": 137, "fstatfs": 138, "bpf": 321, "setrlimit": 160, "prlimit64": 302,
+NR = {"statfs": 137, "fstatfs": 138, "bpf": 321, "setrlimit": 160, "prlimit64": 302, "mount": 165,
       "seccomp": 317, "pidfd_getfd": 438, "openat2": 437, "setgroups": 116, "setfsuid": 122,
       "setfsgid": 123, "capget": 125,
       "capset": 126}

@@ -15,6 +15,8 @@ filter:
 - ``bpf(BPF_PROG_ATTACH / BPF_PROG_DETACH / BPF_PROG_QUERY)`` of a ``BPF_CGROUP_DEVICE``
   program on a dmemfs cgroup directory: forwarded to the daemon, which checks and records it
   (dmemfs/fs/bpf.py). Other ``bpf`` calls continue.
+- ``mount`` of a new cgroup2 filesystem: ``EPERM`` (see :meth:`Supervisor._mount`).
+- ``setrlimit``/``prlimit64`` raising RLIMIT_MEMLOCK: see :meth:`Supervisor._memlock`.
 
 A call is never held longer than :data:`TIMEOUT`: if the mount does not answer in time the
 call continues to the kernel. The supervisor keeps running, in the background, until the
@@ -40,7 +42,7 @@ from dmemfs.seccomp import Notification
 log = logging.getLogger(__name__)
 
 #: System calls stopped by the filter (setrlimit/prlimit64 only for RLIMIT_MEMLOCK).
-SYSCALLS = ["statfs", "fstatfs", "bpf", "setrlimit", "prlimit64"]
+SYSCALLS = ["statfs", "fstatfs", "bpf", "mount", "setrlimit", "prlimit64"]
 #: Seconds a call may wait for an answer before it continues to the kernel.
 TIMEOUT = 5.0
 
@@ -282,7 +284,19 @@ class Supervisor:
             return self._bpf(n)
         if n.name in ("setrlimit", "prlimit64"):
             return self._memlock(n)
+        if n.name == "mount":
+            return self._mount(n)
         return None
+
+    def _mount(self, n: Notification) -> tuple[int, int] | None:
+        """A new cgroup2 mount would show the kernel's own hierarchy, not the mount's: it
+        fails with EPERM, on which runc and crun bind the cgroup2 they see at
+        /sys/fs/cgroup instead (as they do where cgroup2 may not be mounted)."""
+        fstype = seccomp.read_string(n.pid, n.args[2], 64) if n.args[2] else None
+        if fstype != b"cgroup2" or not seccomp.still_valid(self.listener, n):
+            return None
+        log.info("pid %d: mount of a new cgroup2 refused (EPERM)", n.pid)
+        return 0, errno.EPERM
 
     def _memlock(self, n: Notification) -> tuple[int, int] | None:
         """A raise of the caller's own RLIMIT_MEMLOCK that the kernel would refuse (EPERM:

@@ -67,7 +67,7 @@ def runtime(request: pytest.FixtureRequest, mnt: Mounted, tmp_path: Path
     bundle = tmp_path / "bundle"
     (bundle / "rootfs" / "bin").mkdir(parents=True)
     shutil.copy(busybox, bundle / "rootfs" / "bin" / "busybox")
-    for applet in ("sh", "cat", "sleep"):
+    for applet in ("sh", "cat", "sleep", "stat"):
         (bundle / "rootfs" / "bin" / applet).symlink_to("busybox")
     subprocess.run([name, "spec"], cwd=bundle, check=True)
     config = json.loads((bundle / "config.json").read_text())
@@ -114,6 +114,11 @@ def test_container_lifecycle(runtime: Runtime, mnt: Mounted) -> None:
     # The default config's device rules became a recorded eBPF device program.
     programs = Path(mnt.debug, "cgroup-bpf").read_text().splitlines()
     assert len(programs) == 1 and programs[0].startswith("/job device id=")
+    # Inside, /sys/fs/cgroup is the mount's hierarchy (the runtime's cgroup2 mount is refused,
+    # and it binds the /sys/fs/cgroup it sees), and statfs says cgroup2 there too.
+    res = runtime("exec", "job", "sh", "-c",
+                  "cat /sys/fs/cgroup/job/dmem.max; stat -f -c %t /sys/fs/cgroup")
+    assert res.stdout == f"{REGION} 1073741824\n63677270\n"
     # exec joins the container's cgroup.
     runtime("exec", "--detach", "job", "sleep", "600")
     _wait(lambda: len((job / "cgroup.procs").read_text().split()) == 2, "the exec'd process")

@@ -254,3 +254,35 @@ def test_when_the_supervisor_dies_its_calls_fail_and_nothing_else(mnt: Mounted,
     finally:
         proc.kill()
     assert out == "dmem\nFunction not implemented\n"  # ENOSYS, the kernel's answer
+
+
+def test_a_new_cgroup2_mount_is_refused_other_mounts_are_not(mnt: Mounted,
+                                                             tmp_path: Path) -> None:
+    target = tmp_path / "target"
+    target.mkdir()
+    script = (f"mount -t cgroup2 none {target} 2>&1; echo cgroup2=$?; "
+              f"mount --bind {mnt.cgroup} {target} && cat {target}/cgroup.controllers")
+    res = run(mnt, mnt.path, "--", "unshare", "-m", "sh", "-c", script)
+    lines = res.stdout.splitlines()
+    assert lines[0] == f"mount: {target}: permission denied.", res.stdout
+    assert lines[-2:] == ["cgroup2=32", "dmem"], res.stdout
+
+
+def test_memlock_raise_beyond_the_hard_limit(mnt: Mounted) -> None:
+    code = ("import resource as r\n"
+            "soft, hard = r.getrlimit(r.RLIMIT_MEMLOCK)\n"
+            "try:\n"
+            "    r.setrlimit(r.RLIMIT_MEMLOCK, (r.RLIM_INFINITY, r.RLIM_INFINITY))\n"
+            "    print('ok', r.getrlimit(r.RLIMIT_MEMLOCK) == (hard, hard))\n"
+            "except (OSError, ValueError):\n"  # Python turns EPERM into ValueError
+            "    print('refused raise')\n"
+            "try:\n"
+            "    r.setrlimit(r.RLIMIT_MEMLOCK, (hard, hard // 2))\n"  # soft above hard: EINVAL
+            "except ValueError as e:\n"
+            "    print('refused')\n")
+    hard = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    res = run(mnt, mnt.path, "--", sys.executable, "-c", code)
+    if hard.stdout.startswith("ok"):
+        pytest.skip("this host lets the raise through (CAP_SYS_RESOURCE or no hard limit)")
+    assert hard.stdout == "refused raise\nrefused\n"
+    assert res.stdout == "ok True\nrefused\n", res.stderr
