@@ -610,6 +610,9 @@ class Operations(pyfuse3.Operations):
     async def read(self, fh: int, off: int, size: int) -> bytes:
         page_cache = self.splice.is_page_cache_read(fh)  # first: before any await
         handle = self._handle(fh)
+        if page_cache is None:
+            # Unknown: a snapshot's page-cache handling serves read() too, a reply's does not.
+            page_cache = not isinstance(handle, QueryHandle)
         if not page_cache or isinstance(handle, CachedFileHandle):
             return handle.read(off, size)
         if isinstance(handle, QueryHandle):

@@ -92,12 +92,11 @@ class SpliceReads:
         self.page_cache_reads = 0
 
     @staticmethod
-    def is_page_cache_read(fh: int) -> bool:
-        """Whether the READ being handled (for ``fh``) fills the kernel's page cache.
-        Call before the handler's first await. Unknown (the request cannot be read):
-        assume it does, which is only slower."""
+    def is_page_cache_read(fh: int) -> bool | None:
+        """Whether the READ being handled (for ``fh``) fills the kernel's page cache, None
+        when the request cannot be read. Call before the handler's first await."""
         flags = request.read_flags(fh)
-        return flags is None or not flags & request.FUSE_READ_LOCKOWNER
+        return None if flags is None else not flags & request.FUSE_READ_LOCKOWNER
 
     async def read(self, ino: int, end: int, rest: bytes, *, drop: bool = True) -> None:
         """Before a page-cache READ of ``ino`` that ends at offset ``end`` is answered:

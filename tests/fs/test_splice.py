@@ -17,6 +17,7 @@ import pytest
 from dmemfs.client import XeDevice
 from dmemfs.testing import Mounted
 from tests.conftest import REGION
+from tests.interop.tools import require_tool
 
 
 def sendfile_all(fd: int, offset: int | None = None) -> bytes:
@@ -172,18 +173,8 @@ def test_shutil_copyfile(mnt: Mounted, tmp_path) -> None:  # type: ignore[no-unt
     assert (tmp_path / "current").read_text() == f"{REGION} 0\n"
 
 
-def _busybox() -> str:
-    path = shutil.which("busybox")
-    if path is None:
-        reason = "busybox not installed (scripts/bootstrap installs busybox-static)"
-        if os.environ.get("DMEMFS_REQUIRE_TOOLS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
 def test_busybox_cat(mnt: Mounted, dmem_child: str) -> None:
-    busybox = _busybox()
+    busybox = require_tool("busybox", "busybox-static")
 
     def cat(*paths: str) -> str:
         res = subprocess.run([busybox, "cat", *paths], capture_output=True, text=True,

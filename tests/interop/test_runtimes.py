@@ -17,19 +17,10 @@ import pytest
 
 from dmemfs.testing import Mounted
 from tests.conftest import REGION
+from tests.interop.tools import require_tool
 
 CLIENT = ('exec 3<>/dev/dri/renderD128; echo "GEM_CREATE size=64M placement=vram0" >&3; '
           "cat <&3; exec sleep 600")
-
-
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not installed (scripts/bootstrap installs {package})"
-        if os.environ.get("DMEMFS_REQUIRE_TOOLS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
 
 
 class Runtime:
@@ -62,8 +53,8 @@ class Runtime:
 def runtime(request: pytest.FixtureRequest, mnt: Mounted, tmp_path: Path
             ) -> Iterator[Runtime]:
     name = request.param
-    _tool(name, name)
-    busybox = _tool("busybox", "busybox-static")
+    require_tool(name, name)
+    busybox = require_tool("busybox", "busybox-static")
     bundle = tmp_path / "bundle"
     (bundle / "rootfs" / "bin").mkdir(parents=True)
     shutil.copy(busybox, bundle / "rootfs" / "bin" / "busybox")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from dmemfs.testing import Mounted
 from tests.interop.test_containerd_cgroups import GOPATH
+from tests.interop.tools import require_tool, unavailable
 
 MAGIC = "63677270"
 HERE = Path(__file__).parent
@@ -28,22 +28,13 @@ def run(mnt: Mounted, *args: str, env: dict[str, str] | None = None, timeout: fl
                           capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def _tool(name: str, package: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} not installed (scripts/bootstrap installs {package})"
-        if os.environ.get("DMEMFS_REQUIRE_TOOLS") == "1":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
 @pytest.fixture(scope="module")
 def go_mode(tmp_path_factory: pytest.TempPathFactory) -> str:
     """tests/interop/cgroups_mode: raw statfs from Go and containerd/cgroups' Mode()."""
-    _tool("go", "golang-go")
+    require_tool("go", "golang-go")
     if not os.path.isdir(f"{GOPATH}/src/github.com/containerd/cgroups"):
-        _tool("golang-github-containerd-cgroups-dev", "golang-github-containerd-cgroups-dev")
+        unavailable("golang-github-containerd-cgroups-dev not installed (scripts/bootstrap "
+                    "installs it)")
     out = tmp_path_factory.mktemp("go")
     env = dict(os.environ, GOPATH=GOPATH, GO111MODULE="off", GOCACHE=str(out / "cache"),
                GOFLAGS="")
@@ -55,7 +46,7 @@ def go_mode(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 def test_stat_f_of_sys_fs_cgroup_from_coreutils_busybox_and_go(mnt: Mounted, go_mode: str
                                                                 ) -> None:
-    busybox = _tool("busybox", "busybox-static")
+    busybox = require_tool("busybox", "busybox-static")
     at = ("--at", "/sys/fs/cgroup", mnt.path, "--")
     res = run(mnt, *at, "stat", "-f", "-c", "%T %t", "/sys/fs/cgroup")
     assert res.stdout == f"cgroup2fs {MAGIC}\n", res.stderr
