@@ -34,6 +34,7 @@ import logging
 import os
 import select
 import struct
+import threading
 from dataclasses import dataclass
 
 from dmemfs import seccomp
@@ -213,6 +214,7 @@ class Supervisor:
         self.dev = os.stat(os.path.join(mountpoint, "cgroup")).st_dev
         self.owner = fuse_access(self.mountpoint)
         self._query_fd: int | None = None
+        self._query_lock = threading.Lock()
         self._kinds: dict[int, str] = {}
         self._pool = concurrent.futures.ThreadPoolExecutor(4, "dmemfs-supervisor")
 
@@ -221,11 +223,17 @@ class Supervisor:
     def ask(self, text: str) -> str:
         """One request to MOUNT/debug/supervisor (dmemfs/fs/bpf.py); OSError with the
         daemon's errno."""
-        if self._query_fd is None:
-            self._query_fd = os.open(os.path.join(self.mountpoint, "debug", "supervisor"),
-                                     os.O_RDWR | os.O_CLOEXEC)
-        os.write(self._query_fd, text.encode())
-        return os.read(self._query_fd, 65536).decode()
+        with self._query_lock:  # a worker that timed out may still hold it
+            if self._query_fd is None:
+                self._query_fd = os.open(os.path.join(self.mountpoint, "debug", "supervisor"),
+                                         os.O_RDWR | os.O_CLOEXEC)
+            os.write(self._query_fd, text.encode())
+            return os.read(self._query_fd, 65536).decode()
+
+    def _write(self, n: Notification, addr: int, data: bytes) -> bool:
+        """Write into the caller's memory, only while it still waits (its pid is not reused
+        by another process)."""
+        return seccomp.still_valid(self.listener, n) and seccomp.write_memory(n.pid, addr, data)
 
     def kind(self, fd: int) -> tuple[str, int]:
         """("cgroup" | "file" | "other" | "elsewhere", inode) for an O_PATH descriptor."""
@@ -327,7 +335,7 @@ class Supervisor:
         seccomp.syscall("prlimit64", target, RLIMIT_MEMLOCK, new, None)
         log.info("pid %d: RLIMIT_MEMLOCK %d/%d requested, soft limit raised to the hard limit",
                  caller, cur, hard)
-        if old_addr and not seccomp.write_memory(n.pid, old_addr, old.raw):
+        if old_addr and not self._write(n, old_addr, old.raw):
             return 0, errno.EFAULT
         return 0, 0
 
@@ -352,7 +360,7 @@ class Supervisor:
             data = cgroup2_statfs(fd)
         finally:
             os.close(fd)
-        if not seccomp.write_memory(n.pid, n.args[1], data):
+        if not self._write(n, n.args[1], data):
             return 0, errno.EFAULT
         return 0, 0
 
@@ -398,11 +406,11 @@ class Supervisor:
         reply = dict(w.split("=", 1) for w in self.ask(f"query ino={ino}").split())
         ids = [int(i) for i in reply["ids"].split(",") if i]
         prog_ids, cnt = struct.unpack_from("=QI", attr, 16)
-        ok = seccomp.write_memory(n.pid, addr + 12, struct.pack("=I", int(reply["flags"])))
+        ok = self._write(n, addr + 12, struct.pack("=I", int(reply["flags"])))
         if prog_ids and ids:
-            ok = ok and seccomp.write_memory(n.pid, prog_ids, struct.pack(
+            ok = ok and self._write(n, prog_ids, struct.pack(
                 f"={min(cnt, len(ids))}I", *ids[:cnt]))
-        ok = ok and seccomp.write_memory(n.pid, addr + 24, struct.pack("=I", len(ids)))
+        ok = ok and self._write(n, addr + 24, struct.pack("=I", len(ids)))
         if not ok:
             return 0, errno.EFAULT
         return 0, errno.ENOSPC if prog_ids and cnt < len(ids) else 0

@@ -15,11 +15,14 @@ So on a kernel that splices from the page cache:
   the kernel shrink its size to the content's exact length (``fuse_short_read``);
 - a content longer than the READ asked for is stored into the following pages
   (``FUSE_NOTIFY_STORE``, which also extends the size) before the READ is answered;
-- after such a page-cache READ has been answered, its pages are dropped
-  (``FUSE_NOTIFY_INVAL_INODE``) so the next splice of the same open file reads afresh; a
-  change made through the mount waits for pending drops before it returns;
-- the next readable open of that file, or of one opened with ``O_TRUNC`` (the kernel sets
-  its size to 0), first raises the kernel's size back to :data:`SIZE`.
+- a little after such a page-cache READ has been answered (:data:`DROP_DELAY`), its pages
+  are dropped (``FUSE_NOTIFY_INVAL_INODE``) and the size raised back to :data:`SIZE` (a
+  one-byte ``FUSE_NOTIFY_STORE``), so the next splice of the same open file reads afresh
+  and whole; the same happens after an open with ``O_TRUNC`` (the kernel sets the size to
+  0, then a write to its length). A change made through the mount does it for all pending
+  files before it returns, and a readable open does it first for its own file;
+- a device or query file's reply is placed at the offset where its writer left the file
+  position, and the size raised past it when the reply is written.
 
 A READ the kernel makes for its page cache is told from a ``read()`` by its missing
 ``FUSE_READ_LOCKOWNER`` flag (``fuse_send_read`` sets it for direct reads only), read from
@@ -52,18 +55,17 @@ STORE_TIMEOUT = 1.0
 DROP_DELAY = 0.05
 
 
-def _drop(inodes: list[int]) -> None:
+def _drop_and_raise(inodes: list[int], end: int = SIZE) -> None:
+    """Drop the cached pages of ``inodes``, then make their kernel size at least ``end``
+    (one byte stored at ``end - 1``: a store only ever grows the size)."""
     for ino in inodes:
         try:
             pyfuse3.invalidate_inode(ino, attr_only=False)
         except OSError as e:
             if e.errno != errno.ENOENT:  # ENOENT: the kernel had already forgotten it
                 log.warning("dropping the cached pages of inode %d: %s", ino, e)
-
-
-def _drop_and_raise(ino: int, end: int) -> None:
-    _drop([ino])
-    _store(ino, end - 1, b"\0")
+            continue
+        _store(ino, end - 1, b"\0")
 
 
 def _store(ino: int, offset: int, data: bytes) -> None:
@@ -114,8 +116,11 @@ class SpliceReads:
             self._wake()
 
     def truncated(self, ino: int) -> None:
-        """An open with O_TRUNC: the kernel sets the file's size to 0 after it."""
+        """An open with O_TRUNC: the kernel sets the file's size to 0 after it (and a
+        write then to the write's length); the size is raised again with the next drops."""
         self._shrunk.add(ino)
+        self._pending.add(ino)
+        self._wake()
 
     async def opening(self, ino: int) -> None:
         """Before a readable direct-I/O open of ``ino`` returns: its kernel size back to
@@ -136,10 +141,13 @@ class SpliceReads:
         holds the new one."""
         if ino in self._spliced:
             end = (reply_at // SIZE + 1) * SIZE
-            await trio.to_thread.run_sync(_drop_and_raise, ino, end)
+            await trio.to_thread.run_sync(_drop_and_raise, [ino], end)
+            self._shrunk.discard(ino)
 
     async def settled(self) -> None:
-        """Return once the pages of every page-cache READ answered so far are dropped."""
+        """Return once the pages of every page-cache READ answered so far are dropped and
+        the sizes raised again (before a change made through the mount returns: a reader
+        that reads again after it, through a descriptor it kept, reads the new content)."""
         while self._pending or self._dropping:
             self._urgent.set()
             await self._dropped.wait()
@@ -151,9 +159,10 @@ class SpliceReads:
         self._wakeup.set()
 
     async def _drop_loop(self) -> None:
-        """Drops pages after the READs that filled them were answered: dropping earlier
-        would also stop the kernel from shrinking the size to the content's, and dropping
-        at once would make a reader that has not yet copied the page read it again."""
+        """Drops pages, and raises the sizes, after the READs that filled them were answered:
+        dropping earlier would also stop the kernel from shrinking the size to the content's,
+        and at once would make a reader that has not yet copied the page (or goes on reading
+        past the content's end) read it again."""
         while True:
             assert self._wakeup is not None
             await self._wakeup.wait()
@@ -163,9 +172,10 @@ class SpliceReads:
             self._urgent = trio.Event()
             self._dropping, self._pending = self._pending, set()
             try:
-                await trio.to_thread.run_sync(_drop, sorted(self._dropping))
+                await trio.to_thread.run_sync(_drop_and_raise, sorted(self._dropping))
             except Exception:  # a system task must not raise: it would end the daemon
                 log.exception("dropping cached pages")
+            self._shrunk -= self._dropping
             self._dropping = set()
             done, self._dropped = self._dropped, trio.Event()
             done.set()

@@ -11,10 +11,12 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from dmemfs.client import XeDevice
+from dmemfs.fs.handles import LIVE_FILES
 from dmemfs.testing import Mounted
 from tests.conftest import REGION
 from tests.interop.tools import require_tool
@@ -74,7 +76,11 @@ def test_every_readable_file_splices_exactly(mnt: Mounted, dmem_child: str) -> N
         if path.endswith(("/requests", "/inspect", "/pid-cgroup")):
             continue  # change with every request, or answer writes
         got, expected = spliced(path)
-        assert got == expected, path
+        if os.path.basename(path) in LIVE_FILES:
+            # Follow host processes and clocks: two reads may differ; both have content.
+            assert bool(got) == bool(expected), path
+        else:
+            assert got == expected, path
         non_empty += bool(got)
     assert non_empty >= 20
     # Through splice(2) itself too, and when the file was opened for writing as well.
@@ -130,16 +136,22 @@ def test_cgroup_procs_follows_processes(mnt: Mounted, dmem_child: str) -> None:
 
 
 def test_content_longer_than_a_page(mnt: Mounted) -> None:
-    procs = os.path.join(mnt.cgroup, "cgroup.procs")
-    sleepers = [subprocess.Popen(["sleep", "60"]) for _ in range(700)]
+    big = os.path.join(mnt.cgroup, "big")
+    os.mkdir(big)
+    procs = os.path.join(big, "cgroup.procs")
+    sleepers: list[subprocess.Popen[bytes]] = []
     try:
-        got, expected = spliced(procs)
-        assert len(expected) > 4096 and got == expected
-        for p in sleepers[:600]:
+        while len(Path(procs).read_bytes()) <= 4096 + 100:  # into a second page
+            for _ in range(100):
+                sleepers.append(subprocess.Popen(["sleep", "60"]))
+                Path(procs).write_text(str(sleepers[-1].pid))
+        expected = "".join(f"{p.pid}\n" for p in sorted(sleepers, key=lambda p: p.pid))
+        assert spliced(procs) == (expected.encode(), expected.encode())
+        for p in sleepers[100:]:
             p.kill()
             p.wait()
-        got, expected = spliced(procs)
-        assert got == expected and all(str(p.pid).encode() not in got for p in sleepers[:600])
+        expected = "".join(f"{p.pid}\n" for p in sorted(sleepers[:100], key=lambda p: p.pid))
+        assert spliced(procs) == (expected.encode(), expected.encode())
     finally:
         for p in sleepers:
             p.kill()
