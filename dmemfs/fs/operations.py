@@ -629,6 +629,7 @@ class Operations(pyfuse3.Operations):
         call = self._call(fh)  # first: the request is only ours until the first await
         handle = self._handle(fh)
         handle.opener.position = off
+        written = 0
         try:
             written = handle.write(buf, Call(handle.opener, *call))
         finally:
@@ -636,13 +637,14 @@ class Operations(pyfuse3.Operations):
             # first bad one). Device ioctls change usage, not configuration; +dmem/-dmem
             # changes the children's dmem files too.
             await self._after_change(_configured_by(handle))
+            if isinstance(handle, QueryHandle):
+                # The reply (or a failure's reason) is where the file position is now.
+                handle.reply_at, handle.placed = off + written, b""
+                await self.splice.reply_written(handle.opener.ino, handle.reply_at)
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.pressure":
             await self._pressure_files_changed(handle.node.cgroup)
-        if isinstance(handle, QueryHandle):
-            handle.reply_at, handle.placed = off + written, b""
-            await self.splice.reply_written(handle.opener.ino, handle.reply_at)
         return written
 
     @staticmethod

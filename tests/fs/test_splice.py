@@ -135,6 +135,14 @@ def test_cgroup_procs_follows_processes(mnt: Mounted, dmem_child: str) -> None:
             p.wait()
 
 
+def _check_procs(procs: str, members: list[subprocess.Popen[bytes]]) -> None:
+    expected = "".join(f"{p.pid}\n" for p in sorted(members, key=lambda p: p.pid))
+    got, read = spliced(procs)
+    assert read.decode() == expected, (len(read), len(expected))
+    assert got.decode() == expected, (len(got), len(expected),
+                                      set(expected.split()) ^ set(got.decode().split()))
+
+
 def test_content_longer_than_a_page(mnt: Mounted) -> None:
     big = os.path.join(mnt.cgroup, "big")
     os.mkdir(big)
@@ -145,13 +153,11 @@ def test_content_longer_than_a_page(mnt: Mounted) -> None:
             for _ in range(100):
                 sleepers.append(subprocess.Popen(["sleep", "60"]))
                 Path(procs).write_text(str(sleepers[-1].pid))
-        expected = "".join(f"{p.pid}\n" for p in sorted(sleepers, key=lambda p: p.pid))
-        assert spliced(procs) == (expected.encode(), expected.encode())
+        _check_procs(procs, sleepers)
         for p in sleepers[100:]:
             p.kill()
             p.wait()
-        expected = "".join(f"{p.pid}\n" for p in sorted(sleepers[:100], key=lambda p: p.pid))
-        assert spliced(procs) == (expected.encode(), expected.encode())
+        _check_procs(procs, sleepers[:100])
     finally:
         for p in sleepers:
             p.kill()
@@ -170,6 +176,9 @@ def test_device_replies_via_sendfile_and_splice(mnt: Mounted) -> None:
                                  b"cgroup=/ evictions=0\n"
         os.write(fd, b"GEM_CLOSE handle=2\n")
         assert sendfile_all(fd) == b""  # no reply
+        with pytest.raises(OSError):
+            os.write(fd, b"GEM_CLOSE handle=2\n")  # a failure leaves its reason
+        assert sendfile_all(fd).startswith(b"error=EINVAL reason=")
         os.write(fd, b"BO_INFO handle=1\n")
         assert os.read(fd, 4096).startswith(b"handle=1 ")  # read() still works in between
     finally:
