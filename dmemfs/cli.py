@@ -153,9 +153,11 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--debugfs", action="store_true",
                    help="show MOUNT/debug/dmem_selftest at /sys/kernel/debug/dmem_selftest")
     a.add_argument("--statfs", action="store_true",
-                   help="LD_PRELOAD a shim so statfs() reports CGROUP2_SUPER_MAGIC there")
+                   help="instead of the seccomp supervisor, LD_PRELOAD a shim so that statfs() "
+                   "reports CGROUP2_SUPER_MAGIC there (dynamically linked C programs only)")
     a.add_argument("mountpoint")
-    a.add_argument("cmd", nargs=argparse.REMAINDER, metavar="-- CMD …")
+    # Options are taken anywhere before "--": main() splits CMD off first.
+    a.add_argument("cmd", nargs="*", metavar="-- CMD …")
 
     comp = _command(sub, "completion", "print a shell completion script",
                     "Load it with: source <(dmemfs completion bash), or save it as "
@@ -184,9 +186,21 @@ def _command_line(args: argparse.Namespace) -> list[str]:
     return cmd
 
 
+def _split_command(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """``as-cgroup2`` takes its options anywhere before ``--``: split the command off."""
+    words = [w for w in argv if not w.startswith("-")]
+    if words[:1] == ["as-cgroup2"] and "--" in argv:
+        i = argv.index("--")
+        return argv[:i], argv[i + 1:]
+    return argv, None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(argv)
+    options, command = _split_command(argv)
+    args = parser().parse_args(options)
+    if command is not None:
+        args.cmd = command
     try:
         return _dispatch(args, argv)
     except (UserError, ConfigError, DaemonError) as e:

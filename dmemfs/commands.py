@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import ctypes
 import errno
 import json
 import logging
@@ -14,7 +13,6 @@ import signal
 import stat
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -540,71 +538,10 @@ def status(mountpoint: str, cgroup: str = "/", depth: int | None = None) -> Stat
 
 # -- as-cgroup2 -----------------------------------------------------------------------------
 
-DEBUGFS = "/sys/kernel/debug"
-CLONE_NEWNS = 0x00020000
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-
-
-def _mount_escape(path: str) -> str:
-    return "".join(f"\\{ord(c):03o}" if c in " \t\n\\" else c for c in path)
-
 
 def as_cgroup2(mountpoint: str, cmd: list[str], *, at: str | None = None,
                statfs: bool = False, debugfs: bool = False) -> int:
-    """Exec ``cmd`` in a private mount namespace whose /proc/self/mounts shows the mount's
-    ``cgroup/`` (or ``at``, where it is bound too) as the cgroup2 filesystem; with ``statfs``,
-    an LD_PRELOAD shim makes statfs() report CGROUP2_SUPER_MAGIC there."""
-    cgroup_root = os.path.realpath(os.path.join(os.path.abspath(mountpoint), "cgroup"))
-    if not os.path.isfile(os.path.join(cgroup_root, "cgroup.controllers")):
-        raise UserError(f"{mountpoint} is not a dmemfs mount")
-    if at is not None:
-        at = os.path.abspath(at)
-        if not os.path.isdir(at):
-            raise UserError(f"as-cgroup2: --at {at}: no such directory")
-    env = dict(os.environ)
-    if statfs:
-        from dmemfs.shim import ShimError, build
+    """See dmemfs/ascgroup2.py."""
+    from dmemfs.ascgroup2 import as_cgroup2 as run
 
-        try:
-            shim = build()
-        except ShimError as e:
-            raise UserError(f"as-cgroup2 --statfs: {e}") from None
-        env["LD_PRELOAD"] = " ".join(filter(None, [shim, env.get("LD_PRELOAD")]))
-        env["DMEMFS_CGROUP2_ROOTS"] = ":".join(filter(None, [cgroup_root, at]))
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    def check(ret: int, what: str) -> None:
-        if ret != 0:
-            err = ctypes.get_errno()
-            raise UserError(f"as-cgroup2: {what}: {os.strerror(err)} (needs root)")
-
-    check(libc.unshare(CLONE_NEWNS), "unshare(CLONE_NEWNS)")
-    check(libc.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "making / private")
-    if at is not None:
-        check(libc.mount(cgroup_root.encode(), at.encode(), None, MS_BIND, None),
-              f"binding the cgroup root over {at}")
-    if debugfs:
-        selftest = os.path.join(os.path.abspath(mountpoint), "debug", "dmem_selftest")
-        if not os.path.isdir(selftest):
-            raise UserError("as-cgroup2 --debugfs: the mount has no debug/dmem_selftest "
-                            "(mount with --selftest)")
-        check(libc.mount(b"dmemfs-debugfs", DEBUGFS.encode(), b"tmpfs", 0, b"mode=0700"),
-              f"mounting a tmpfs over {DEBUGFS}")
-        os.mkdir(os.path.join(DEBUGFS, "dmem_selftest"))
-        check(libc.mount(selftest.encode(), os.path.join(DEBUGFS, "dmem_selftest").encode(),
-                         None, MS_BIND, None), "binding dmem_selftest")
-    with tempfile.NamedTemporaryFile("w", prefix="dmemfs-mounts.", delete=False) as f:
-        f.write(f"cgroup2 {_mount_escape(at or cgroup_root)} cgroup2 "
-                "rw,nosuid,nodev,noexec,relatime 0 0\n")
-    try:
-        target = f"/proc/{os.getpid()}/mounts".encode()
-        check(libc.mount(f.name.encode(), target, None, MS_BIND, None), "binding mounts file")
-    finally:
-        os.unlink(f.name)
-    try:
-        os.execvpe(cmd[0], cmd, env)
-    except OSError as e:
-        raise UserError(f"{cmd[0]}: {e.strerror}") from None
-    return 127  # not reached
+    return run(mountpoint, cmd, at=at, statfs=statfs, debugfs=debugfs)

@@ -91,6 +91,18 @@ def op_cat(t: Target) -> Callable[[], None]:
     return run
 
 
+def op_sendfile(t: Target) -> Callable[[], None]:
+    """open + sendfile(2) to a pipe + close: a busybox cat or shutil.copyfile reader."""
+    r, w = os.pipe()
+
+    def run() -> None:
+        fd = os.open(t.file, os.O_RDONLY)
+        while n := os.sendfile(w, fd, None, 65536):
+            os.read(r, n)
+        os.close(fd)
+    return run
+
+
 def op_stat(t: Target) -> Callable[[], None]:
     return lambda: os.stat(t.file) and None
 
@@ -255,6 +267,19 @@ def run_all(m: Mounted, floor: str, results: dict[str, object]) -> None:
     results["cat_requests_target"] = 3
     results["cat_requests_stretch"] = 2
     results["target_ratio"] = TARGET_RATIO
+    results["sendfile"] = run_sendfile(dmemfs)
+
+
+def run_sendfile(t: Target) -> dict[str, object]:
+    """What a sendfile/splice reader costs against a read() reader of the same file, on
+    dmemfs (the floor reports size 0, so sendfile reads nothing there). On a kernel that
+    splices direct-I/O files from the page cache, each costs a page-cache READ and a
+    notification from a worker thread (dmemfs/fs/splice.py)."""
+    sendfile, read = op_sendfile(t), op_open_read_close(t)
+    us_s, us_r, ratio = measure_pair(sendfile, read, 1000)
+    return {"open_sendfile_close_us": round(us_s, 1), "open_read_close_us": round(us_r, 1),
+            "ratio": round(ratio, 2), "sendfile_requests": count(t, sendfile),
+            "read_requests": count(t, op_open_read_close(t))}
 
 
 def run_page_cache(m: Mounted, floor: str) -> dict[str, object]:

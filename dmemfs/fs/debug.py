@@ -9,6 +9,7 @@ from dmemfs.engine.cgroup import Attr, CgroupTree
 from dmemfs.engine.files import files_of, lookup_file, read_file
 from dmemfs.errors import DmemError, InvalidArgument
 from dmemfs.fs import request
+from dmemfs.fs.bpf import add_bpf_files
 from dmemfs.fs.handles import Opener, QueryHandle, TextHandle
 from dmemfs.fs.inodes import SpecialFile
 from dmemfs.fs.operations import REQUESTS, Operations
@@ -79,3 +80,4 @@ def add_debug_files(ops: Operations, profile: Profile, mountpoint: str) -> None:
     ops.add_file(ops.debug, "requests", text(requests))
     ops.add_file(ops.debug, "inspect", query(0o600, lambda o, t: inspect(ops.tree, t)))
     ops.add_file(ops.debug, "pid-cgroup", query(0o666, lambda o, t: pid_cgroup(ops.host, t)))
+    add_bpf_files(ops)

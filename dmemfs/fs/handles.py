@@ -297,17 +297,38 @@ class QueryHandle(Handle):
     ``error=EINVAL reason=<what was wrong>``.
     """
 
-    __slots__ = ("_answer",)
+    __slots__ = ("_answer", "placed", "reply_at")
 
     def __init__(self, opener: Opener, answer: Callable[[Opener, str], str]) -> None:
         super().__init__(opener)
         self._answer = answer
         self.buf = b""
+        #: The file offset where the last write ended: where a reader that shares the
+        #: file position finds the reply.
+        self.reply_at = 0
+        #: The reply as page-cache READs see it, at :attr:`reply_at` (kept until the next
+        #: write: the kernel may read the same page again).
+        self.placed = b""
 
     def read(self, off: int, size: int) -> bytes:
         pending = self.buf or b""
         self.buf = pending[size:]
         return pending[:size]
+
+    def page_read(self, off: int, size: int) -> tuple[bytes, bytes]:
+        """A READ that fills the kernel's page cache (splice, sendfile: see fs/splice.py),
+        which asks for whole pages: the reply is placed at :attr:`reply_at`, zeros before
+        it. Returns the READ's data and what follows it; the reply is consumed for
+        ``read()``."""
+        if self.buf:
+            self.placed += self.buf
+            self.buf = b""
+        end = self.reply_at + len(self.placed)
+        if off >= end:
+            return b"", b""
+        content = bytes(max(0, self.reply_at - off)) + self.placed[max(0, off - self.reply_at):]
+        first = off <= self.reply_at < off + size
+        return content[:size], content[size:] if first else b""
 
     def write(self, data: bytes, call: Call) -> int:
         return self._serve(data, lambda: self._answer(self.opener, data.decode("latin-1")))

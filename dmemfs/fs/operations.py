@@ -29,7 +29,7 @@ from dmemfs.engine.files import (
 )
 from dmemfs.engine.kernfs import Stamp, check_xattr, name_hash, set_xattr
 from dmemfs.errors import DmemError
-from dmemfs.fs import request
+from dmemfs.fs import request, splice
 from dmemfs.fs.handles import (
     LIVE_FILES,
     CachedFileHandle,
@@ -37,6 +37,7 @@ from dmemfs.fs.handles import (
     CgroupFileHandle,
     Handle,
     Opener,
+    QueryHandle,
 )
 from dmemfs.fs.inodes import (
     ROOT_INODE,
@@ -48,6 +49,7 @@ from dmemfs.fs.inodes import (
     SpecialFile,
     StaticDir,
 )
+from dmemfs.fs.splice import SpliceReads
 from dmemfs.procs import HostProcesses, capabilities
 
 log = logging.getLogger(__name__)
@@ -172,6 +174,8 @@ class Operations(pyfuse3.Operations):
         self._pollers: dict[int, tuple[CgroupFileHandle, pyfuse3.PollHandle]] = {}
         self._dirs: dict[int, DirHandle] = {}
         self._next_fh = 1
+        #: sendfile/splice readers of the direct-I/O files (see fs/splice.py).
+        self.splice = SpliceReads()
 
     # -- building the static layout ------------------------------------------------------
 
@@ -202,8 +206,13 @@ class Operations(pyfuse3.Operations):
 
     def _reply(self, node: Node) -> pyfuse3.EntryAttributes:
         entry = self.inodes.entry(node, TIMEOUT)
-        if isinstance(node, CgroupFileNode) and self._cacheable(node):
-            entry.st_size = len(self._render(node) or b"")
+        if isinstance(node, CgroupFileNode):
+            if self._cacheable(node):
+                entry.st_size = len(self._render(node) or b"")
+            elif node.row.show is not None:
+                entry.st_size = splice.SIZE
+        elif isinstance(node, SpecialFile) and node.attr.mode & 0o444:
+            entry.st_size = splice.SIZE
         return entry
 
     # -- --page-cache --------------------------------------------------------------------
@@ -233,7 +242,9 @@ class Operations(pyfuse3.Operations):
     async def _after_change(self, changed: Sequence[Cgroup] = ()) -> None:
         """After a request that may have changed the engine: refresh what the page cache
         holds of open files, wake pollers of files that changed, and tell --state the
-        configuration of ``changed`` may differ (returning once that is saved)."""
+        configuration of ``changed`` may differ (returning once that is saved). A splice
+        reader's pages are dropped first (fs/splice.py)."""
+        await self.splice.settled()
         self._settle()
         if changed and self.config_changed is not None:
             await self.config_changed(list(changed))
@@ -574,6 +585,7 @@ class Operations(pyfuse3.Operations):
         if node.gone:
             raise _err(errno.ENODEV)
         wants_write = flags & os.O_ACCMODE in (os.O_WRONLY, os.O_RDWR)
+        wants_read = flags & os.O_ACCMODE in (os.O_RDONLY, os.O_RDWR)
         opener = self._opener(ctx, flags)
         opener.ino = inode
         handle: Handle
@@ -593,17 +605,36 @@ class Operations(pyfuse3.Operations):
             handle = node.open_handle(opener, flags)
         else:
             raise _err(errno.EINVAL)
+        if wants_read:
+            await self.splice.opening(inode)
+        if flags & os.O_TRUNC:
+            self.splice.truncated(inode)
         return pyfuse3.FileInfo(fh=self._new_fh(handle), direct_io=True, keep_cache=False)
 
     @fuse_errors
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return self._handle(fh).read(off, size)
+        page_cache = self.splice.is_page_cache_read(fh)  # first: before any await
+        handle = self._handle(fh)
+        if page_cache is None:
+            # Unknown: a snapshot's page-cache handling serves read() too, a reply's does not.
+            page_cache = not isinstance(handle, QueryHandle)
+        if not page_cache or isinstance(handle, CachedFileHandle):
+            return handle.read(off, size)
+        if isinstance(handle, QueryHandle):
+            data, rest = handle.page_read(off, size)
+        else:
+            data = handle.read(off, size)
+            rest = handle.buf[off + size:] if off == 0 and handle.buf else b""
+        await self.splice.read(handle.opener.ino, off + size, rest,
+                               drop=not isinstance(handle, QueryHandle))
+        return data
 
     @fuse_errors
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         call = self._call(fh)  # first: the request is only ours until the first await
         handle = self._handle(fh)
         handle.opener.position = off
+        written = 0
         try:
             written = handle.write(buf, Call(handle.opener, *call))
         finally:
@@ -611,6 +642,10 @@ class Operations(pyfuse3.Operations):
             # first bad one). Device ioctls change usage, not configuration; +dmem/-dmem
             # changes the children's dmem files too.
             await self._after_change(_configured_by(handle))
+            if isinstance(handle, QueryHandle):
+                # The reply (or a failure's reason) is where the file position is now.
+                handle.reply_at, handle.placed = off + written, b""
+                await self.splice.reply_written(handle.opener.ino, handle.reply_at)
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.subtree_control":
             await self._controller_files_changed(handle.node.cgroup)
         if isinstance(handle, CgroupFileHandle) and handle.row.name == "cgroup.pressure":

@@ -18,6 +18,9 @@ from types import ModuleType
 
 #: ``fuse_in_header.opcode`` of a WRITE (include/uapi/linux/fuse.h).
 FUSE_WRITE = 16
+#: ``fuse_read_in.read_flags``: set by ``fuse_send_read`` for a ``read()`` of a direct-I/O
+#: file, never on a READ that fills the page cache (splice, sendfile, mmap).
+FUSE_READ_LOCKOWNER = 1 << 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,3 +76,13 @@ def current() -> Request | None:
     opcode, unique, nodeid, uid, gid, pid, is_write, fh, flags = raw
     return Request(opcode, unique, nodeid, uid, gid, pid,
                    fh if is_write else None, flags if is_write else None)
+
+
+def read_flags(fh: int) -> int | None:
+    """``read_flags`` of the READ request for ``fh`` being handled, None if unknown."""
+    if _module is None:
+        return None
+    raw = _module.last_read()
+    if raw is None or raw[0] != fh:
+        return None
+    return int(raw[3])

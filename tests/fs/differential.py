@@ -539,6 +539,10 @@ class Side:
             return ["ok", self.normalise_content(name, value)]
         if op in ("listdir", "fd_listdir"):
             return ["ok", self.normalise_listing(value)]
+        if op == "stat" and self.name == "dmemfs" and value[0] == "file" and value[5] == 4096:
+            # One page where cgroupfs says 0, so that sendfile/splice readers get the
+            # content (README.md, "Files").
+            return ["ok", [*value[:5], 0]]
         if op == "listfiles":  # the root: the controllers' root files differ entirely
             return ["ok", [n for n in value if not n.startswith(self.ctl + ".")]]
         if op == "write" and value == len(str(args[1]).encode("latin-1")):

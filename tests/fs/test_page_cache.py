@@ -49,8 +49,8 @@ def test_sizes_are_real_and_follow_the_content(mnt: Mounted) -> None:
         with open(path) as f:
             assert f.read() == f"{REGION} 1048576\n"
         assert os.stat(path).st_size == len(f"{REGION} 1048576\n")
-    # Process files stay size 0 and direct, like cgroupfs.
-    assert os.stat(os.path.join(mnt.cgroup, "cgroup.procs")).st_size == 0
+    # Process files stay direct: one page, like every direct-I/O file (fs/splice.py).
+    assert os.stat(os.path.join(mnt.cgroup, "cgroup.procs")).st_size == 4096
 
 
 def test_held_descriptor_sees_every_change(mnt: Mounted) -> None:
