@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import stat
 import subprocess
@@ -95,8 +96,13 @@ def test_export_makes_a_file_owned_by_the_exporter(mnt: Mounted, gpu0: XeDevice)
     assert (info["exported"], info["imported"], info["importers"], info["dmabuf"]) == (
         "1", "0", "0", str(dmabuf))
     with open(_dmabuf_path(mnt, dmabuf)) as f:
-        first = f.readline().split()
-    assert first[:2] == [f"dmabuf={dmabuf}", f"size={MiB}"]
+        text = f.read()
+    assert text.split()[:2] == [f"dmabuf={dmabuf}", f"size={MiB}"]
+    # A sendfile reader (cp, busybox cat) gets the same.
+    copy = os.path.join(os.path.dirname(mnt.path), "dmabuf-copy")
+    shutil.copyfile(_dmabuf_path(mnt, dmabuf), copy)
+    with open(copy) as f:
+        assert f.read() == text
 
 
 @TWO

@@ -173,7 +173,8 @@ def test_device_replies_via_sendfile_and_splice(mnt: Mounted) -> None:
                                        "pinned=0\n".encode()
         os.write(fd, b"BO_INFO handle=2\n")
         assert splice_all(fd) == b"handle=2 size=67108864 placement=vram0 pinned=0 " \
-                                 b"cgroup=/ evictions=0\n"
+                                 b"cgroup=/ evictions=0 exported=0 imported=0 importers=0 " \
+                                 b"p2p=0 stalls=0\n"
         os.write(fd, b"GEM_CLOSE handle=2\n")
         assert sendfile_all(fd) == b""  # no reply
         with pytest.raises(OSError):
