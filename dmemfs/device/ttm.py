@@ -597,7 +597,8 @@ class TtmDevice:
         uncharged BOs stay. It may free up to one BO more than asked.
         """
         st = _AllocState(limit_pool=pool, in_evict=True)
-        w = _Walk(man, st, task if isinstance(task, int) else 0, "-", frozenset(),
+        pid = task if isinstance(task, int) else getattr(task, "pid", 0)
+        w = _Walk(man, st, pid, "-", frozenset(),
                   f"reclaim: dmem.max of {pool.css.cgroup.path}")
         lret = self._walk(w, target)
         if lret < 0 or lret >= target:

@@ -425,7 +425,8 @@ class Dmem:
         """A write to ``dmem.min``/``dmem.low``/``dmem.max`` (``attr`` = min/low/max).
 
         ``nonblock`` is whether the open file has ``O_NONBLOCK`` at the time of the write and
-        ``task`` who writes; both matter only to reclaim (Linux 7.3).
+        ``task`` who writes (a pid, or an object whose ``pid`` is looked up only if reclaim
+        runs); both matter only to reclaim (Linux 7.3).
         """
         if self.profile.single_region_write:
             self._apply_limit_line(css, attr, strstrip(text), nonblock, task)

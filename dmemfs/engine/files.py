@@ -249,7 +249,8 @@ def _dmem_write(attr: str) -> Write:
     def write(tree: CgroupTree, cg: Cgroup, text: str, ctx: WriteContext) -> None:
         css = cg.dmem_css
         assert css is not None
-        tree.dmem.write_limit(css, attr, text, nonblock=ctx.nonblock, task=ctx.pid)
+        # The writer's pid is looked up (in /proc) only if the write reclaims.
+        tree.dmem.write_limit(css, attr, text, nonblock=ctx.nonblock, task=ctx)
 
     return write
 

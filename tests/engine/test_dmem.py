@@ -830,7 +830,8 @@ class Reclaimer:
         region.reclaim = self
 
     def __call__(self, pool: Pool, target: int, task: object) -> int:
-        self.calls.append((pool.css.cgroup.path, target, task))
+        # The writer's context: its pid is what a driver's reclaim looks at.
+        self.calls.append((pool.css.cgroup.path, target, getattr(task, "pid", task)))
         step = self.steps.pop(0) if self.steps else -errno.ENOSPC
         if step < 0:
             return step
