@@ -1,9 +1,9 @@
 """Charging, limits, protection, eviction and pinning of the simulated xe GPU, through mounts.
 
-SPEC §6-§7 and KB §1.7, §1.8, §3, §5: the charge goes to the cgroup the opener is in at the
-time of each ioctl; TTM evicts least recently used BOs inside the limiting subtree (limit
-hit) or across cgroups honouring dmem.min and, in a second pass only, dmem.low (device full);
-pinned BOs never move.
+README "The simulated GPU" and docs/kernel-model.md §2, §9, §10: the charge goes to the cgroup
+the opener is in at the time of each ioctl; TTM evicts least recently used BOs inside the
+limiting subtree (limit hit) or across cgroups honouring dmem.min and, in a second pass only,
+dmem.low (device full); pinned BOs never move.
 """
 
 from __future__ import annotations
@@ -128,7 +128,8 @@ def test_counters_agree_with_the_bos(mnt: Mounted, gpu: XeDevice) -> None:
 def test_limit_hit_evicts_the_lru_oldest_own_bo(mnt: Mounted, gpu: XeDevice) -> None:
     cgroups(mnt, "a")
     set_limit(mnt, "a", "dmem.max", "2M")
-    # The limiting pool may always evict its own BOs, whatever its protection (KB §2.6 rule 1).
+    # The limiting pool may always evict its own BOs, whatever its protection
+    # (docs/kernel-model.md §8 rule 1).
     set_limit(mnt, "a", "dmem.min", "4M")
     set_limit(mnt, "a", "dmem.low", "4M")
     with inside(mnt, "a"):
@@ -188,7 +189,7 @@ def test_limit_of_a_parent_evicts_within_its_subtree(mnt: Mounted, gpu: XeDevice
 
 
 def test_limit_of_a_parent_respects_min_below_it(mnt: Mounted, gpu: XeDevice) -> None:
-    """With a limit pool, protection is computed relative to it (KB §2.6, §5.3)."""
+    """With a limit pool, protection is computed relative to it (docs/kernel-model.md §8, §10)."""
     cgroups(mnt, "p", "p/x", "p/y")
     set_limit(mnt, "p", "dmem.max", "2M")
     set_limit(mnt, "p/x", "dmem.min", "1M")
@@ -247,7 +248,8 @@ def test_device_full_of_min_protected_bos(mnt: Mounted, gpu: XeDevice) -> None:
 
 @PROFILE_614
 def test_device_full_honours_recursive_min_protection(mnt: Mounted, gpu: XeDevice) -> None:
-    """dmem's protection is recursive (KB §2.5): P's min covers children without their own."""
+    """dmem's protection is recursive (docs/kernel-model.md §7): P's min covers children
+    without their own."""
     cgroups(mnt, "p", "p/x", "p/y", "q", "r")
     set_limit(mnt, "p", "dmem.min", "2M")
     with inside(mnt, "p/x"):

@@ -1,8 +1,9 @@
 """The device file's uAPI through real mounts: GEM_CREATE validation, protocol errors, replies.
 
-KB §4.2 (xe_gem_create_ioctl checks), §3.4 (the RFC's PINNED checks), §4.4 (mem regions) and
-SPEC §6 (the text protocol). Most tests share one module-wide mount: each uses its own client
-and checks that a failed request left nothing behind.
+docs/kernel-model.md §12 (xe_gem_create_ioctl checks, the memory-regions query), §9 (the RFC's
+PINNED checks) and README "The simulated GPU" (the text protocol). Most tests share one
+module-wide mount: each uses its own client and checks that a failed request left nothing
+behind.
 """
 
 from __future__ import annotations
@@ -92,7 +93,7 @@ def _regions(dev: XeDevice) -> dict[str, dict[str, str]]:
 # -- GEM_CREATE validation --------------------------------------------------------------------
 
 GEM_CREATE_ERRORS = [
-    # placement (KB §4.2 step 2)
+    # placement (docs/kernel-model.md §12: the first check)
     ("size=64K placement=,", errno.EINVAL),
     ("size=64K placement=vram0,", errno.EINVAL),
     ("size=64K placement=vram0,vram0", errno.EINVAL),
@@ -126,12 +127,12 @@ GEM_CREATE_ERRORS = [
     ("size=4K placement=system vm_id=1", errno.ENOENT),
     # but cpu_caching (step 8) comes before the VM lookup
     ("size=64K placement=vram0 cpu_caching=wb vm_id=7", errno.EINVAL),
-    # PINNED (KB §3.4)
+    # PINNED (docs/kernel-model.md §9)
     ("size=64K placement=vram0,system flags=PINNED", errno.EINVAL),
     ("size=64K placement=vram0,vram1 flags=PINNED", errno.EINVAL),
     ("size=64K placement=vram0 flags=PINNED,DEFER_BACKING", errno.EINVAL),
     ("size=64K placement=system flags=PINNED", errno.ENOSYS),
-    # no memory can hold it (KB §4.2 step 12)
+    # no memory can hold it (docs/kernel-model.md §12: no place fits)
     ("size=16M placement=vram0", errno.ENOMEM),
     ("size=1G placement=vram0,system", errno.ENOMEM),
     ("size=1G placement=system", errno.ENOMEM),
@@ -162,7 +163,7 @@ def test_pinned_with_vm_id_is_einval(gpu: XeDevice) -> None:
     bo = gpu.gem_create("64K", ("vram0",), vm_id=vm)
     assert bo.placement == "vram0"
     gpu.gem_close(bo.handle)
-    # … but a PINNED BO is meant for export (KB §3.4).
+    # … but a PINNED BO is meant for export (docs/kernel-model.md §9).
     assert _raw(gpu, f"GEM_CREATE size=64K placement=vram0 flags=PINNED vm_id={vm}".encode()) \
         == errno.EINVAL
     _assert_nothing_left(gpu)
@@ -214,8 +215,8 @@ def test_pinned_needs_visible_vram_is_not_checked(shared: Mounted, gpu: XeDevice
 
 @pytest.mark.dmemfs_args("--device", f"xe,pci={PCI0},vram0=8M")
 def test_pinned_beyond_min_is_enospc_and_leaves_nothing(mnt: Mounted) -> None:
-    """try_pin checks each level's raw dmem.min (KB §3.2); -EAGAIN reaches userspace as
-    ENOSPC and the BO is released again (KB §3.4)."""
+    """try_pin checks each level's raw dmem.min (docs/kernel-model.md §9); -EAGAIN reaches
+    userspace as ENOSPC and the BO is released again."""
     mnt.write("cgroup.subtree_control", "+dmem")
     os.mkdir(os.path.join(mnt.cgroup, "p"))
     mnt.write("p/cgroup.subtree_control", "+dmem")
@@ -392,7 +393,7 @@ def test_query_two_region_device(gpu: XeDevice) -> None:
 def test_query_is_device_wide_and_per_device(shared: Mounted, gpu: XeDevice) -> None:
     with XeDevice(os.path.join(shared.dri, "renderD128")) as other:
         other.gem_create("2M", ("vram0",))
-        # "used" is the device's usage, not the caller's (KB §4.4).
+        # "used" is the device's usage, not the caller's (docs/kernel-model.md §12).
         assert _regions(gpu)["vram0"]["used"] == str(2 * MiB)
     with XeDevice(os.path.join(shared.dri, "renderD129")) as second:
         regions = second.query_mem_regions()

@@ -1,4 +1,5 @@
-"""The cgroup v2 core: hierarchy, subtree_control, membership, permissions (KB §6)."""
+"""The cgroup v2 core: hierarchy, subtree_control, membership, permissions (docs/kernel-model.md
+§14)."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def test_lookup(tree: CgroupTree) -> None:
     assert exc.value.errno == errno.ENOENT
 
 
-# -- mkdir (KB §6.4) ----------------------------------------------------------------------
+# -- mkdir (docs/kernel-model.md §14) -------------------------------------------------------------
 
 
 def test_mkdir_sets_owner_mode_and_counts(tree: CgroupTree) -> None:
@@ -210,7 +211,7 @@ def test_mkdir_after_rmdir_reuses_the_name(tree: CgroupTree) -> None:
     assert a2 is not a and not a2.dying and tree.lookup("/a") is a2
 
 
-# -- rmdir (KB §6.4) ----------------------------------------------------------------------
+# -- rmdir (docs/kernel-model.md §14) -------------------------------------------------------------
 
 
 def test_rmdir_root_is_ebusy(tree: CgroupTree) -> None:
@@ -256,7 +257,7 @@ def test_rmdir_counts(tree: CgroupTree) -> None:
     assert exc.value.errno == errno.ENOENT
 
 
-# -- cgroup.subtree_control (KB §6.2) ------------------------------------------------------
+# -- cgroup.subtree_control (docs/kernel-model.md §14) --------------------------------------------
 
 
 def test_enable_needs_the_parent_to_offer_it(tree: CgroupTree) -> None:
@@ -441,7 +442,7 @@ def test_chowned_dmem_file_reset_when_files_are_recreated(tree: CgroupTree) -> N
     assert tree.file_attr(a, "cgroup.procs").uid == 1000  # core file untouched
 
 
-# -- processes (KB §6.3) ---------------------------------------------------------------------
+# -- processes (docs/kernel-model.md §14) ---------------------------------------------------------
 
 
 def test_no_internal_process_rule_on_migrate(tree: CgroupTree) -> None:
@@ -615,7 +616,7 @@ def test_kill_targets_the_whole_subtree(tree: CgroupTree, io: Any) -> None:
     assert tree.cgroup_of(2) is a
 
 
-# -- owners and modes (KB §1.3, §6.1) -------------------------------------------------------
+# -- owners and modes (docs/kernel-model.md §3, §14) ----------------------------------------------
 
 
 EXPECTED_MODES = {
@@ -660,7 +661,7 @@ def test_set_dir_attr(tree: CgroupTree) -> None:
     assert tree.file_attr(a, "cgroup.procs") == Attr(0, 0, 0o644)  # files are separate
 
 
-# -- cgroup.stat (KB §6.1) --------------------------------------------------------------------
+# -- cgroup.stat (docs/kernel-model.md §14) -------------------------------------------------------
 
 
 def test_cgroup_stat_content(tree: CgroupTree, io: Any) -> None:

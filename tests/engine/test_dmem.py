@@ -1,6 +1,6 @@
 """kernel/cgroup/dmem.c: regions, pools, charging, pinning, protection, limit files, lifetime.
 
-KB §1, §2.6, §3.2, §3.3.
+docs/kernel-model.md §2-5, §8, §9.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def abc(tree: CgroupTree) -> tuple[Cgroup, Cgroup, Cgroup]:
     return a, b, c
 
 
-# -- regions (KB §1.1, §1.8) ------------------------------------------------------------
+# -- regions (docs/kernel-model.md §2) ------------------------------------------------------------
 
 
 def test_regions_keep_registration_order(make_tree: Callable[..., CgroupTree]) -> None:
@@ -146,7 +146,7 @@ def test_reregister_appends_a_fresh_region(make_tree: Callable[..., CgroupTree])
     assert tree.dmem.try_charge(root, new, 7).counter.usage == 7
 
 
-# -- pools (KB §1.1) ----------------------------------------------------------------------
+# -- pools (docs/kernel-model.md §2) --------------------------------------------------------------
 
 
 def test_pools_are_created_lazily_with_ancestors(
@@ -182,7 +182,7 @@ def test_show_defaults_without_a_pool(tree: CgroupTree, abc: tuple[Cgroup, Cgrou
     assert css(b).pools == {}  # reading created nothing
 
 
-# -- try_charge / uncharge (KB §1.7) --------------------------------------------------------
+# -- try_charge / uncharge (docs/kernel-model.md §2) ----------------------------------------------
 
 
 def test_try_charge_returns_the_pool_and_charges_hierarchically(
@@ -245,7 +245,7 @@ def test_root_has_no_limit_and_capacity_is_not_a_limit(tree: CgroupTree, region:
     assert pool.counter.usage == 2 * region.size
 
 
-# -- evict_valuable (KB §2.6) ------------------------------------------------------------
+# -- evict_valuable (docs/kernel-model.md §8) -----------------------------------------------------
 
 
 def test_evict_valuable_limit_equals_test(tree: CgroupTree, region: Region,
@@ -285,8 +285,9 @@ def test_evict_valuable_test_outside_limit(tree: CgroupTree, region: Region,
     assert tree.dmem.evict_valuable(pool_a, pool_b, False) == (True, False)  # inside
 
 
-def test_evict_valuable_kb_example_proportional(tree: CgroupTree, region: Region) -> None:
-    # KB §2.6 first example, with L = None (root semantics): P min 6; X,Y,Z min 5, usage 4,3,2.
+def test_evict_valuable_example_proportional(tree: CgroupTree, region: Region) -> None:
+    # An example of effective protection (docs/kernel-model.md §7, §8), limit None (root
+    # semantics): P min 6; X,Y,Z min 5, usage 4,3,2.
     enable(tree, tree.root)
     p = tree.mkdir(tree.root, "p")
     enable(tree, p)
@@ -312,8 +313,9 @@ def test_evict_valuable_kb_example_proportional(tree: CgroupTree, region: Region
     assert d.evict_valuable(pp, x, False) == (False, False)
 
 
-def test_evict_valuable_kb_example_recursive(tree: CgroupTree, region: Region) -> None:
-    # KB §2.6 second example: P min 6, X,Y min 0, usage 4,2 -> X.emin = 4, not evictable.
+def test_evict_valuable_example_recursive(tree: CgroupTree, region: Region) -> None:
+    # Protection handed down to a child without its own (docs/kernel-model.md §7): P min 6, X,Y min
+    # 0, usage 4,2 -> X.emin = 4, not evictable.
     enable(tree, tree.root)
     p = tree.mkdir(tree.root, "p")
     enable(tree, p)
@@ -487,7 +489,7 @@ def test_evict_valuable_wrap_profile_option(make_tree: Callable[..., CgroupTree]
     assert results[True] == ((5 * GiB * 6 * GiB) % (1 << 64)) // (15 * GiB) == 1002159035
 
 
-# -- pinning (KB §3.2, §3.3) --------------------------------------------------------------
+# -- pinning (docs/kernel-model.md §9) ------------------------------------------------------------
 
 
 def test_pinned_thresholds_in_evict_valuable(tree: CgroupTree, region: Region,
@@ -516,11 +518,11 @@ def test_pinned_low_threshold(tree: CgroupTree, region: Region,
 
 
 def test_rfc_author_example_as_emulated(tree: CgroupTree, region: Region) -> None:
-    # KB §3.2: parent X min 6, children A, B, C min 5 (usage 5 each) -> effective 2 each.
-    # The author's reading after B pins 3: each child effective 1 and B's min 1 + 3 = 4.
-    # The code as posted (and emulated, SPEC §7) only zeroes a setting once pinned exceeds it;
-    # B's pinned 3 <= min 5 and X's pinned 3 <= min 6, so every emin stays 2, and B's eviction
-    # threshold is emin + pinned = 2 + 3 = 5: B (usage 5) is not evictable while under the
+    # docs/kernel-model.md §9: parent X min 6, children A, B, C min 5 (usage 5 each) -> effective 2
+    # each. The author's reading after B pins 3: each child effective 1 and B's min 1 + 3 = 4. The
+    # code as posted (and emulated, docs/kernel-model.md §9) only zeroes a setting once pinned
+    # exceeds it; B's pinned 3 <= min 5 and X's pinned 3 <= min 6, so every emin stays 2, and B's
+    # eviction threshold is emin + pinned = 2 + 3 = 5: B (usage 5) is not evictable while under the
     # author's numbers (threshold 4) it would be. A and C stay evictable above emin 2.
     enable(tree, tree.root)
     x = tree.mkdir(tree.root, "x")
@@ -600,7 +602,7 @@ def test_pin_fails_with_default_min_zero(tree: CgroupTree, region: Region,
     assert pool.counter.pinned == 0
 
 
-# -- below_min / below_low / common_ancestor (KB §1.7) -----------------------------------
+# -- below_min / below_low / common_ancestor (docs/kernel-model.md §2) ----------------------------
 
 
 def test_below_min_and_low(tree: CgroupTree, region: Region,
@@ -655,7 +657,7 @@ def test_common_ancestor(tree: CgroupTree, region: Region,
     assert d.common_ancestor(pb, pb2_r1) is pa
 
 
-# -- limit writes (KB §1.5, §1.6) ---------------------------------------------------------
+# -- limit writes (docs/kernel-model.md §4, §5) ---------------------------------------------------
 
 
 def limits(tree: CgroupTree, cg: Cgroup, region: Region) -> tuple[int, int, int] | None:
@@ -731,8 +733,8 @@ def test_limit_write_latest_value_after_bad_region_is_not_parsed(
     tree: CgroupTree, abc: tuple[Cgroup, Cgroup, Cgroup], io: Any
 ) -> None:
     a, _b, _c = abc
-    # Both bad: the region lookup comes first (KB §1.5 step 4), so the error is EINVAL anyway;
-    # the good region with a bad value is EINVAL too and creates no pool.
+    # Both bad: the region lookup comes first (docs/kernel-model.md §4 step 3), so the error is
+    # EINVAL anyway; the good region with a bad value is EINVAL too and creates no pool.
     for text in ("nope 1Q", f"{REGION} 1Q"):
         with pytest.raises(InvalidArgument):
             io.write(a, "dmem.max", text)
@@ -931,7 +933,7 @@ def test_write_limit_creates_pools_with_ancestors(tree: CgroupTree, region: Regi
     assert tree.dmem.find_pool(css(tree.root), region) is not None
 
 
-# -- lifetime: dying csses (KB §1.8) ----------------------------------------------------
+# -- lifetime: dying csses (docs/kernel-model.md §2) ----------------------------------------------
 
 
 def test_rmdir_with_charges_leaves_a_dying_css(tree: CgroupTree, region: Region,
@@ -967,7 +969,7 @@ def test_rmdir_without_charges_releases_at_once(tree: CgroupTree,
                                                 io: Any) -> None:
     # Regression: the css is released inside rmdir (css_offline -> on_release releases the
     # cgroup) and rmdir must not release the cgroup a second time, which drove the ancestors'
-    # nr_dying_descendants and nr_dying_children to -1 (KB §1.8, §6.1 cgroup.stat).
+    # nr_dying_descendants and nr_dying_children to -1 (docs/kernel-model.md §2, §14 cgroup.stat).
     a, b, _c = abc
     old_css = css(b)
     tree.rmdir(b)

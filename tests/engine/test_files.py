@@ -1,4 +1,4 @@
-"""The interface file table and the kernfs read/write rules (KB §1.3-1.5, §6.1, §6.3)."""
+"""The interface file table and the kernfs read/write rules (docs/kernel-model.md §3-4, §14)."""
 
 from __future__ import annotations
 
@@ -228,7 +228,7 @@ def test_write_only_file_cannot_be_read(tree: CgroupTree, io: Any) -> None:
         read_file(tree, a, io.row(a, "cgroup.kill"))
 
 
-# -- cgroup.procs / cgroup.threads (KB §6.3) ------------------------------------------------
+# -- cgroup.procs / cgroup.threads (docs/kernel-model.md §14) -------------------------------------
 
 
 def test_procs_write_zero_is_the_opener(tree: CgroupTree, io: Any,

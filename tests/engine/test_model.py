@@ -1,7 +1,7 @@
 """Model-based tests: the real engine against a brute-force reference model.
 
-The reference model below is written from docs/kernel-behaviour.md (§1.7, §1.8, §2, §3.2, §3.3,
-§6.2, §6.4) and imports nothing from the engine: it keeps the list of live charges and the
+The reference model below is written from docs/kernel-model.md (§2, §6-§9, §14) and imports
+nothing from the engine: it keeps the list of live charges and the
 limits of every (css, region) and recomputes every counter from scratch. The engine objects it
 holds are handles used only to drive the engine and to compare identities.
 

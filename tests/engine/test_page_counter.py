@@ -1,4 +1,4 @@
-"""mm/page_counter.c with the RFC's ``pinned`` counter (KB §2, §3.2)."""
+"""mm/page_counter.c with the RFC's ``pinned`` counter (docs/kernel-model.md §6-7, §9)."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def test_ancestors_leaf_first() -> None:
     assert root.ancestors() == [root]
 
 
-# -- charge / try_charge (KB §2.2) -------------------------------------------------------
+# -- charge / try_charge (docs/kernel-model.md §6) ------------------------------------------------
 
 
 def test_charge_is_hierarchical_and_unchecked() -> None:
@@ -183,7 +183,7 @@ def test_uncharge_updates_protected_usage() -> None:
     assert (root.children_min_usage, root.children_low_usage) == (0, 0)
 
 
-# -- set_max / set_min / set_low (KB §2.3, §2.4) --------------------------------------------
+# -- set_max / set_min / set_low (docs/kernel-model.md §6) ----------------------------------------
 
 
 def test_set_max_refuses_below_usage() -> None:
@@ -249,7 +249,7 @@ def test_children_usage_sums_over_siblings() -> None:
 
 
 def test_set_min_and_low_accept_anything() -> None:
-    # No validation against the parent, usage or capacity (KB §1.6).
+    # No validation against the parent, usage or capacity (docs/kernel-model.md §5).
     root, a = chain(2)
     pc.set_min(a, PAGE_COUNTER_MAX)
     pc.set_low(a, U64_MASK)
@@ -257,7 +257,7 @@ def test_set_min_and_low_accept_anything() -> None:
     assert root.children_min_usage == 0  # usage 0
 
 
-# -- try_pin / unpin (KB §3.2) ------------------------------------------------------------
+# -- try_pin / unpin (docs/kernel-model.md §9) ----------------------------------------------------
 
 
 def test_try_pin_up_to_raw_min_of_every_level() -> None:
@@ -341,7 +341,7 @@ def test_pin_then_lower_min_is_allowed() -> None:
     assert pc.try_pin(a, 1) is a
 
 
-# -- effective_protection (KB §2.5) ---------------------------------------------------------
+# -- effective_protection (docs/kernel-model.md §7) -----------------------------------------------
 
 
 def test_effective_protection_proportional_share() -> None:
@@ -368,7 +368,8 @@ def test_effective_protection_recursive_conditions() -> None:
     assert pc.effective_protection(8, 10, 3, 3, 3) == 3
     # No unclaimed share when parent_usage <= siblings_protected.
     assert pc.effective_protection(8, 3, 3, 10, 3) == 3
-    # KB §2.6 second example: 0 + (6 - 0) * (4 - 0) / (6 - 0) = 4
+    # A child without its own min gets a share of its parent's (docs/kernel-model.md §7): 0 + (6 -
+    # 0) * (4 - 0) / (6 - 0) = 4
     assert pc.effective_protection(4, 6, 0, 6, 0) == 4
     assert pc.effective_protection(2, 6, 0, 6, 0) == 2
 
@@ -386,8 +387,8 @@ def _worked_example_1() -> tuple[PageCounter, PageCounter, list[PageCounter]]:
     return root, p, kids
 
 
-def test_calculate_protection_kb_example_proportional() -> None:
-    # KB §2.6: P min 6 under the root; X,Y,Z min 5 with usages 4,3,2.
+def test_calculate_protection_example_proportional() -> None:
+    # docs/kernel-model.md §8: P min 6 under the root; X,Y,Z min 5 with usages 4,3,2.
     root, p, (x, y, z) = _worked_example_1()
     assert p.usage == 9 and p.children_min_usage == 9
     for c in (p, x, y, z):
@@ -397,8 +398,8 @@ def test_calculate_protection_kb_example_proportional() -> None:
     assert x.usage > x.emin  # X is evictable w.r.t. min
 
 
-def test_calculate_protection_kb_example_recursive() -> None:
-    # KB §2.6: P min 6, X,Y min 0 with usages 4,2: X.emin = (6-0)*(4-0)/(6-0) = 4.
+def test_calculate_protection_example_recursive() -> None:
+    # docs/kernel-model.md §8: P min 6, X,Y min 0 with usages 4,2: X.emin = (6-0)*(4-0)/(6-0) = 4.
     root = PageCounter()
     p = PageCounter(root)
     pc.set_min(p, 6)
@@ -466,7 +467,7 @@ def test_effective_protection_no_overflow_no_warning(caplog: pytest.LogCaptureFi
     assert not caplog.records
 
 
-# -- calculate_protection (KB §2.5) -------------------------------------------------------
+# -- calculate_protection (docs/kernel-model.md §7) -----------------------------------------------
 
 
 def test_calculate_protection_root_and_zero_usage_leave_values_stale() -> None:
@@ -517,7 +518,7 @@ def test_calculate_protection_low_uses_low_fields() -> None:
     assert (p.emin, x.emin, y.emin) == (0, 0, 0)
 
 
-# -- the RFC's pinned adjustment (KB §3.2 "as coded") ---------------------------------------
+# -- the RFC's pinned adjustment (docs/kernel-model.md §9, as coded) ------------------------------
 
 
 def test_pinned_setting() -> None:

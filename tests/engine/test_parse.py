@@ -1,4 +1,5 @@
-"""Parsers and formatters: memparse, kstrtoint and the cgroup file grammars (KB §1.5, §6)."""
+"""Parsers and formatters: memparse, kstrtoint and the cgroup file grammars (docs/kernel-model.md
+§4, §14)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def raises_errno(exc: pytest.ExceptionInfo[BaseException], code: int) -> None:
     assert getattr(exc.value, "errno", None) == code, (exc.value, code)
 
 
-# -- memparse / parse_limit (KB §1.5) ------------------------------------------------------
+# -- memparse / parse_limit (docs/kernel-model.md §4) ---------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -83,7 +84,8 @@ def test_memparse_hex_eats_e_suffix() -> None:
 
 @pytest.mark.parametrize("suffix", list("KkMmGgTtPpEe"))
 def test_bare_suffix_parses_as_zero(suffix: str) -> None:
-    # KB §1.5 quirk: simple_strtoull consumes nothing, the suffix is still eaten -> 0.
+    # docs/kernel-model.md §4 (a bare suffix parses as 0): simple_strtoull consumes nothing, the
+    # suffix is still eaten -> 0.
     assert memparse(suffix) == (0, "")
     assert parse_limit(suffix) == 0
 
@@ -120,10 +122,10 @@ def test_parse_limit_leftover_is_einval(text: str, rest: str | None) -> None:
 
 
 def test_parse_limit_empty_value_is_zero_like_memparse() -> None:
-    # memparse("") consumes nothing and leaves nothing over, and dmemcg_parse_limit only checks
-    # for leftover characters, so an empty value means 0 (KB §1.5, steps 5 and "any character
-    # left over"). The write path can never hand parse_limit an empty value: the buffer is
-    # stripped first and "<region>" alone is EINVAL (no separator, see test_dmem.py).
+    # memparse("") consumes nothing and leaves nothing over, and dmemcg_parse_limit only checks for
+    # leftover characters, so an empty value means 0 (docs/kernel-model.md §4, steps 5 and "any
+    # character left over"). The write path can never hand parse_limit an empty value: the buffer
+    # is stripped first and "<region>" alone is EINVAL (no separator, see test_dmem.py).
     assert memparse("") == (0, "")
     assert parse_limit("") == 0
 
@@ -187,11 +189,11 @@ def test_format_counter(value: int, text: str) -> None:
 
 
 def test_page_counter_max_constant() -> None:
-    # LONG_MAX / PAGE_SIZE on 64-bit with 4 KiB pages (KB §1.4).
+    # LONG_MAX / PAGE_SIZE on 64-bit with 4 KiB pages (docs/kernel-model.md §3).
     assert PAGE_COUNTER_MAX == 2251799813685247 == ((1 << 63) - 1) // 4096
 
 
-# -- kstrtoint (KB §6) ---------------------------------------------------------------------
+# -- kstrtoint (docs/kernel-model.md §14) ---------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -283,7 +285,7 @@ def test_kstrtoint_explicit_base() -> None:
         kstrtoint("0x10", 10)
 
 
-# -- parse_pid (cgroup.procs / cgroup.threads, KB §6.3) -------------------------------------
+# -- parse_pid (cgroup.procs / cgroup.threads, docs/kernel-model.md §14) --------------------------
 
 
 @pytest.mark.parametrize(
@@ -307,7 +309,7 @@ def test_parse_pid_errors_are_all_einval(text: str) -> None:
     raises_errno(exc, errno.EINVAL)
 
 
-# -- cgroup.max.depth / cgroup.max.descendants (KB §6.1) ---------------------------------
+# -- cgroup.max.depth / cgroup.max.descendants (docs/kernel-model.md §14) -------------------------
 
 
 @pytest.mark.parametrize(
@@ -368,7 +370,7 @@ def test_parse_bool01_overflow_is_erange() -> None:
         parse_bool01("2147483648")
 
 
-# -- cgroup.subtree_control (KB §6.2) ----------------------------------------------------
+# -- cgroup.subtree_control (docs/kernel-model.md §14) --------------------------------------------
 
 CTRLS = ("dmem",)
 TWO = ("misc", "dmem")
@@ -425,7 +427,7 @@ def test_parse_subtree_control_outer_tabs_are_stripped() -> None:
     assert parse_subtree_control("\t+dmem\t", CTRLS) == ({"dmem"}, set())
 
 
-# -- split_region_value (KB §1.5 steps 2-3) ----------------------------------------------
+# -- split_region_value (docs/kernel-model.md §4 step 2) ------------------------------------------
 
 
 @pytest.mark.parametrize(

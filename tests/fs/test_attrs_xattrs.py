@@ -1,4 +1,5 @@
-"""Owners, modes and user.* xattrs of cgroup directories and interface files (KB §6.4, §6.5)."""
+"""Owners, modes and user.* xattrs of cgroup directories and interface files (docs/kernel-model.md
+§14)."""
 
 from __future__ import annotations
 
@@ -95,8 +96,8 @@ def test_delegation_new_cgroups_and_files_belong_to_their_creator(mnt: Mounted) 
     res = _as_nobody(f"echo 'drm/0000:03:00.0/vram0 1G' > {b}/dmem.max && cat {b}/dmem.max")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "drm/0000:03:00.0/vram0 1073741824\n"
-    # Migration needs write access to the common ancestor's cgroup.procs (KB §6.3): the
-    # delegatee may move its processes inside a, not into a from outside.
+    # Migration needs write access to the common ancestor's cgroup.procs (docs/kernel-model.md
+    # §14): the delegatee may move its processes inside a, not into a from outside.
     res = _as_nobody(f"echo 0 > {b}/cgroup.procs")
     assert res.returncode != 0
     assert "Permission denied" in res.stderr

@@ -1,4 +1,5 @@
-"""Through the kernel VFS: the cgroup v2 core files with real host processes (KB §6.1-6.4)."""
+"""Through the kernel VFS: the cgroup v2 core files with real host processes (docs/kernel-model.md
+§14)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def _mkdirs(mnt: Mounted, *rels: str) -> None:
         os.mkdir(os.path.join(mnt.cgroup, rel))
 
 
-# -- cgroup.subtree_control (KB §6.2) ------------------------------------------------------
+# -- cgroup.subtree_control (docs/kernel-model.md §14) --------------------------------------------
 
 
 def test_subtree_control_tokens(mnt: Mounted) -> None:
@@ -152,7 +153,7 @@ def test_subtree_control_ebusy_with_an_internal_process(mnt: Mounted) -> None:
         assert _pids(mnt, "a/b/cgroup.procs") == []
 
 
-# -- cgroup.max.depth / cgroup.max.descendants (KB §6.1, §6.4) --------------------------------
+# -- cgroup.max.depth / cgroup.max.descendants (docs/kernel-model.md §14) -------------------------
 
 
 @pytest.mark.parametrize("name", ["cgroup.max.depth", "cgroup.max.descendants"])
@@ -356,7 +357,7 @@ def test_threads_list_tids_and_stay_in_their_domain(mnt: Mounted) -> None:
         assert _pids(mnt, "a/cgroup.threads") == []
 
 
-# -- cgroup.procs (KB §6.3, SPEC §5) ------------------------------------------------------
+# -- cgroup.procs (docs/kernel-model.md §14, README "Processes") ----------------------------------
 
 
 def test_procs_write_errors(mnt: Mounted) -> None:

@@ -1,6 +1,6 @@
-"""The 6.14 profile (KB §1.3, §1.5): no ``dmem.peak``, multi-line limit writes applied in order
-up to the first bad line; the latest profile takes one region per write. Region order follows
-the ``--device`` order (SPEC §3)."""
+"""The 6.14 profile (docs/kernel-model.md §3, §4): no ``dmem.peak``, multi-line limit writes
+applied in order up to the first bad line; the latest profile takes one region per write. Region
+order follows the ``--device`` order (README "Command line")."""
 
 from __future__ import annotations
 

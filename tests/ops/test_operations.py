@@ -1,4 +1,4 @@
-"""Tier 2: the pyfuse3 handlers called directly, without a mount (STYLE "Tests in three tiers").
+"""Tier 2: the pyfuse3 handlers called directly, without a mount (README "Development").
 
 A fake request context stands in for the kernel's; errnos are asserted on ``FUSEError``.
 ``readdir`` needs a real kernel token and is covered by the mount tier.
@@ -93,7 +93,7 @@ async def test_lookup(ops: Operations) -> None:
     assert await _ino(ops, await _ino(ops, ROOT, "dev"), "dri") > ROOT
     assert await _errno(ops.lookup(ROOT, b"nope", CTX)) == errno.ENOENT
     assert await _errno(ops.lookup(cg, b"nope", CTX)) == errno.ENOENT
-    # The root has no dmem.max and no cgroup.events (KB §1.3, §6.1).
+    # The root has no dmem.max and no cgroup.events (docs/kernel-model.md §3, §14).
     assert await _errno(ops.lookup(cg, b"dmem.max", CTX)) == errno.ENOENT
     assert await _errno(ops.lookup(cg, b"cgroup.events", CTX)) == errno.ENOENT
     procs = await _ino(ops, cg, "cgroup.procs")
@@ -314,7 +314,7 @@ async def test_xattrs(ops: Operations) -> None:
     assert len(await ops.listxattr(a, CTX)) == 129
 
 
-# -- the error boundary (SPEC §9) ------------------------------------------------------------
+# -- the error boundary (README "Robustness") -----------------------------------------------------
 
 
 @pytest.mark.daemon_log_ok
